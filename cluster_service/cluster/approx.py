@@ -1,0 +1,53 @@
+"""The scalable approximate Ward: sample → FAISS k-means to M micro-clusters → assign all tokens →
+size-weighted Ward over the micro-centroids → cut at each K.
+
+These step functions are shared by the stage (which persists each step to resume) and by the
+quality report (which runs them on an in-memory sample).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cut import cut
+from .micro import (
+    MicroPartition,
+    compact,
+    default_micro,
+    default_sample,
+    sample_indices,
+    train_kmeans,
+)
+from .parallel import assign_all
+from .source import ArraySource, Source, read_rows
+from .ward import weighted_ward
+
+
+def micro_centroids(source: Source, m: int, *, seed: int, iters: int, per_micro: int,
+                    where: str) -> np.ndarray:
+    """k-means centroids [M, D] from a seeded sample of the layer (or the identity when M = N)."""
+    if m >= source.n:
+        return read_rows(source, np.arange(source.n), where)
+    rows = sample_indices(source.n, default_sample(source.n, m, per_micro), seed)
+    return train_kmeans(read_rows(source, rows, where), m, seed, iters)
+
+
+@dataclass
+class ApproxResult:
+    partition: MicroPartition
+    linkage: np.ndarray
+    labels: dict[int, np.ndarray]  # K → concept id per token
+
+
+def fit_approx(x: np.ndarray, ks: list[int], *, micro: int = 0, seed: int = 0, iters: int = 10,
+               per_micro: int = 32, shard: int = 16384) -> ApproxResult:
+    """Approximate Ward of the rows of an in-memory array (the same steps the stage runs)."""
+    source = ArraySource(x, shard)
+    m = micro or default_micro(source.n, max(ks))
+    cents = micro_centroids(source, m, seed=seed, iters=iters, per_micro=per_micro, where="sample")
+    part = compact(assign_all(source, cents, where="sample", progress=False))
+    z = weighted_ward(part.centroids, part.sizes)
+    micro_labels = cut(z, ks, part.sizes)
+    return ApproxResult(part, z, {k: lab[part.token_micro] for k, lab in micro_labels.items()})

@@ -1,0 +1,39 @@
+"""Configuration of the cluster stage (field docstrings become ``--help``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ClusterConfig:
+    """Cluster each layer's word vectors with (approximate) Ward and cut the tree at each K."""
+
+    layers: list[int] = field(default_factory=list)
+    """Layers to cluster (comma-separated); empty or 'all' means every stored layer."""
+    k: list[int] = field(default_factory=lambda: [50])
+    """Numbers of concepts to cut the tree at (comma-separated, e.g. 600,200,50); one tree serves all."""
+    method: Literal["approx", "exact"] = "approx"
+    """'approx': k-means micro-clusters + size-weighted Ward (scales to millions of tokens);
+    'exact': Ward on every token (fastcluster; up to ~50K tokens)."""
+    micro: int = 0
+    """Number of micro-clusters M; 0 picks min(N, max(10·K_max, min(N/4, 8192)))."""
+    sample_per_micro: int = 32
+    """k-means trains on a seeded sample of this many tokens per micro-cluster (capped at N)."""
+    kmeans_iters: int = 10
+    """Lloyd iterations of the micro-cluster k-means."""
+    seed: int = 0
+    """Seed of every random choice (sample, k-means, examples): same input + config + seed → same output."""
+    examples: int = 5
+    """Example occurrences (with their sentence) stored per concept."""
+    evaluate: int = 0
+    """If > 0: quality report on a seeded sample of this many tokens (exact Ward vs approximate, k-means
+    baseline, exact Ward's 90%-subsample stability) at every K; exact Ward's memory bounds it (~30K)."""
+    exact_max: int = 60000
+    """Refuse exact Ward above this many tokens (time grows as N², memory up to N²/2 float64)."""
+    address: str = ""
+    """Ray cluster for the assignment step: '' = this process (or the Ray already initialised in it),
+    'local' = start a local Ray, anything else = ray.init(address=...)."""
+    workers: int = 0
+    """Ray tasks in flight at once (0: the cluster's CPU count); each holds one shard in memory."""

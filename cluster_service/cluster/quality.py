@@ -1,0 +1,80 @@
+"""Quality of the approximate tree against exact Ward on the same tokens.
+
+Real activations have no crisp clusters, so even exact Ward disagrees with itself on a 90%
+subsample; that stability is the ceiling ARI is judged against. We also report the Ward objective
+(within-cluster SSE) ratio and a plain FAISS k-means at K as the baseline to beat.
+"""
+
+from __future__ import annotations
+
+import time
+
+import faiss
+import numpy as np
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from .approx import fit_approx
+from .cut import check_k, cut
+from .exact import exact_ward
+from .micro import default_micro, nearest
+
+
+def within_sse(x: np.ndarray, labels: np.ndarray) -> float:
+    """Σ over clusters of Σ‖x − c‖² (float64, centred for accuracy)."""
+    x64 = x.astype(np.float64)
+    x64 -= x64.mean(axis=0)
+    k = int(labels.max()) + 1
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    sums = np.zeros((k, x64.shape[1]))
+    np.add.at(sums, labels, x64)
+    nz = counts > 0
+    between = (np.einsum("ij,ij->i", sums[nz], sums[nz]) / counts[nz]).sum()
+    return float(np.einsum("ij,ij->", x64, x64) - between)
+
+
+def kmeans_labels(x: np.ndarray, k: int, seed: int, iters: int = 20) -> np.ndarray:
+    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    km = faiss.Kmeans(x32.shape[1], k, niter=iters, seed=seed, verbose=False,
+                      max_points_per_centroid=len(x32))
+    km.train(x32)
+    c = np.ascontiguousarray(km.centroids)
+    return nearest(x32, c, np.einsum("ij,ij->i", c, c), 4096)
+
+
+def _scores(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    return float(adjusted_rand_score(ref, other)), float(normalized_mutual_info_score(ref, other))
+
+
+def evaluate(x: np.ndarray, ks: list[int], *, seed: int = 0, micro: int = 0, iters: int = 10,
+             per_micro: int = 32) -> list[dict]:
+    """One row per K: approximate and k-means vs exact (ARI, NMI, SSE ratio), exact's stability."""
+    ks = check_k(ks, len(x))
+    t0 = time.perf_counter()
+    exact = cut(exact_ward(x), ks)
+    t_exact = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    approx = fit_approx(x, ks, micro=micro, seed=seed, iters=iters, per_micro=per_micro)
+    t_approx = time.perf_counter() - t0
+    rng = np.random.default_rng(seed + 1)
+    keep = np.sort(rng.choice(len(x), size=int(0.9 * len(x)), replace=False))
+    sub = cut(exact_ward(x[keep]), [k for k in ks if k <= len(keep)])
+    rows = []
+    for k in ks:
+        e_sse = within_sse(x, exact[k])
+        a_ari, a_nmi = _scores(exact[k], approx.labels[k])
+        km = kmeans_labels(x, k, seed)
+        k_ari, k_nmi = _scores(exact[k], km)
+        s_ari, s_nmi = _scores(exact[k][keep], sub[k]) if k in sub else (float("nan"), float("nan"))
+        rows.append({
+            "k": k, "n": len(x), "m": int(micro or default_micro(len(x), max(ks))),
+            "m_nonempty": len(approx.partition.sizes),
+            "ari_vs_exact": a_ari, "nmi_vs_exact": a_nmi,
+            "exact_sse": e_sse,
+            "sse_ratio_vs_exact": within_sse(x, approx.labels[k]) / e_sse,
+            "kmeans_ari_vs_exact": k_ari, "kmeans_nmi_vs_exact": k_nmi,
+            "kmeans_sse_ratio_vs_exact": within_sse(x, km) / e_sse,
+            "ari_exact_subsample": s_ari, "nmi_exact_subsample": s_nmi,
+            "ari_ratio_to_stability": a_ari / s_ari if s_ari == s_ari and s_ari > 0 else float("nan"),
+            "exact_seconds": t_exact, "approx_seconds": t_approx,
+        })
+    return rows

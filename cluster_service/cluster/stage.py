@@ -1,0 +1,238 @@
+"""The cluster stage over a run store: per layer, build (or resume) the tree and the concept tables.
+
+Files under ``clusters/layer_{L}/`` (each written atomically, recorded in ``state.json`` with the
+settings that produced it, so a rerun with the same settings skips it and a changed setting redoes
+only what depends on it):
+
+- ``kmeans_centroids.npy``  float32 [M, D]  k-means centroids (skipped for exact Ward)
+- ``token_micro.npy``       int32 [N]       token → micro-cluster (identity for exact Ward)
+- ``micro_sizes.npy`` int64 [M], ``micro_sums.npy`` float64 [M, D], ``micro_centroids.npy`` float64 [M, D]
+- ``linkage.npy``           float64 [M−1, 4] scipy-format Ward linkage over the micro-clusters
+- ``labels_k{K}.npy``       int32 [N]       token → concept at K (concept 0 is the largest)
+- ``quality.json``          the ``--evaluate`` report
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import UserError
+from ..logs import log_event
+from ..store import RunStore, atomic_write_bytes
+from .approx import micro_centroids
+from .concepts import concept_table
+from .config import ClusterConfig
+from .cut import check_k, cut
+from .exact import exact_ward
+from .micro import MicroPartition, compact, default_micro, identity_partition, sample_indices
+from .parallel import assign_all
+from .quality import evaluate
+from .source import ZarrSource, read_rows
+from .ward import weighted_ward
+
+log = logging.getLogger("cluster_service.cluster")
+
+
+class LayerDir:
+    """Atomic .npy files plus a state file of the settings each was made with."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.state_path = path / "state.json"
+        self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
+                                      if self.state_path.is_file() else {})
+
+    def have(self, name: str, key: dict) -> bool:
+        return self.state.get(name) == key and (self.path / name).is_file()
+
+    def load(self, name: str) -> np.ndarray:
+        return np.load(self.path / name)
+
+    def save(self, name: str, array: np.ndarray, key: dict) -> None:
+        buf = io.BytesIO()
+        np.save(buf, array)
+        atomic_write_bytes(self.path / name, buf.getvalue())
+        self.mark(name, key)
+
+    def mark(self, name: str, key: dict) -> None:
+        self.state[name] = key
+        atomic_write_bytes(self.state_path, json.dumps(self.state, indent=1, sort_keys=True).encode())
+
+
+def stored_layers(store: RunStore) -> list[int]:
+    group = store.open_activations("r")
+    return sorted(int(name.split("_")[1]) for name in group.array_keys() if name.startswith("layer_"))
+
+
+def _fingerprint(source: ZarrSource) -> str:
+    """Cheap identity of the layer's content: shape plus the first and last rows' bytes."""
+    h = hashlib.sha1(f"{source.n}x{source.d}".encode())
+    for lo, hi in ((0, min(source.n, 256)), (max(0, source.n - 256), source.n)):
+        h.update(source.read(lo, hi).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _ray(cfg: ClusterConfig) -> bool:
+    """Whether assignment runs as Ray tasks, initialising Ray if the config asks for it."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    if ray.is_initialized():
+        return True
+    if not cfg.address:
+        return False
+    ray.init(address=None if cfg.address == "local" else cfg.address, include_dashboard=False,
+             log_to_driver=False)
+    return True
+
+
+def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: LayerDir, base: dict,
+                     use_ray: bool, where: str) -> tuple[MicroPartition, dict]:
+    key = {**base, "m": m, "method": cfg.method}
+    if cfg.method == "approx":
+        key |= {"sample_per_micro": cfg.sample_per_micro, "kmeans_iters": cfg.kmeans_iters}
+    names = ("token_micro.npy", "micro_sizes.npy", "micro_sums.npy", "micro_centroids.npy")
+    if all(ldir.have(n, key) for n in names) and ldir.state.get("sq_norm", {}).get("key") == key:
+        log_event(log, "micro partition reused", layer=where)
+        part = MicroPartition(ldir.load(names[0]), ldir.load(names[3]), ldir.load(names[1]),
+                              ldir.load(names[2]), ldir.state["sq_norm"]["value"])
+        return part, key
+    if cfg.method == "exact":
+        part = identity_partition(read_rows(source, np.arange(source.n), where))
+        return part, key
+    if ldir.have("kmeans_centroids.npy", key):
+        cents = ldir.load("kmeans_centroids.npy")
+    else:
+        t0 = time.perf_counter()
+        cents = micro_centroids(source, m, seed=cfg.seed, iters=cfg.kmeans_iters,
+                                per_micro=cfg.sample_per_micro, where=where)
+        ldir.save("kmeans_centroids.npy", cents, key)
+        log_event(log, "k-means done", layer=where, m=m, seconds=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    part = compact(assign_all(source, cents, where=where, use_ray=use_ray, workers=cfg.workers))
+    log_event(log, "assignment done", layer=where, micro=len(part.sizes), ray=use_ray,
+              seconds=time.perf_counter() - t0)
+    for name, arr in zip(names, (part.token_micro, part.sizes, part.sums, part.centroids), strict=True):
+        ldir.save(name, arr, key)
+    ldir.mark("sq_norm", {"key": key, "value": part.sq_norm})
+    return part, key
+
+
+def _linkage(part: MicroPartition, source: ZarrSource, cfg: ClusterConfig, ldir: LayerDir, key: dict,
+             where: str) -> np.ndarray:
+    if ldir.have("linkage.npy", key):
+        return ldir.load("linkage.npy")
+    t0 = time.perf_counter()
+    if cfg.method == "exact":
+        z = exact_ward(part.centroids)
+    else:
+        z = weighted_ward(part.centroids, part.sizes)
+    ldir.save("linkage.npy", z, key)
+    log_event(log, "ward done", layer=where, leaves=len(part.sizes), seconds=time.perf_counter() - t0)
+    return z
+
+
+def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: bool = False) -> dict:
+    """Tree, cuts and concept tables of one layer; returns a summary (sizes, SSE per K, timings)."""
+    store.layer_array(layer)  # clear error when the layer is missing
+    where = f"{store.activations_path}/{store.layer_name(layer)}"
+    source = ZarrSource(str(store.activations_path), store.layer_name(layer))
+    if source.n == 0:
+        raise UserError(f"{where}: empty layer (0 tokens); nothing to cluster")
+    ks = check_k(cfg.k, source.n, f"tokens in layer {layer}")
+    if cfg.method == "exact":
+        if source.n > cfg.exact_max:
+            raise UserError(f"{where}: {source.n} tokens is above --exact-max {cfg.exact_max} for exact "
+                            f"Ward; use --method approx")
+        m = source.n
+    else:
+        m = cfg.micro or default_micro(source.n, max(ks))
+        if not max(ks) <= m <= source.n:
+            raise UserError(f"--micro {m}: must lie between the largest K ({max(ks)}) and the number of "
+                            f"tokens ({source.n})")
+    t_start = time.perf_counter()
+    store.set_stage(f"cluster:layer_{layer}", "running", k=ks, method=cfg.method, m=m)
+    ldir = LayerDir(store.clusters_dir(layer))
+    base = {"fingerprint": _fingerprint(source), "seed": cfg.seed}
+    part, key = _micro_partition(source, cfg, m, ldir, base, use_ray, where)
+    z = _linkage(part, source, cfg, ldir, key, where)
+    micro_labels = cut(z, ks, part.sizes)
+    tokens = sentences = None
+    per_k: dict[int, dict] = {}
+    for k in ks:
+        onehot = sp.csr_matrix((np.ones(len(part.sizes)), (micro_labels[k], np.arange(len(part.sizes)))),
+                               shape=(k, len(part.sizes)))
+        sizes = np.asarray(onehot @ part.sizes.astype(np.float64))
+        sums = np.asarray(onehot @ part.sums)
+        sse = part.sq_norm - float((np.einsum("ij,ij->i", sums, sums) / sizes).sum())
+        per_k[k] = {"sse": sse, "largest": int(sizes.max()), "smallest": int(sizes.min())}
+        kkey = {**key, "k": k, "examples": cfg.examples}
+        if ldir.have(f"labels_k{k}.npy", kkey) and store.concepts_path(layer, k).is_file():
+            continue
+        labels = micro_labels[k][part.token_micro]
+        if tokens is None:
+            tokens, sentences = _tables(store, source.n)
+        table = concept_table(labels, sums / sizes[:, None], tokens, sentences, seed=cfg.seed,
+                              n_examples=cfg.examples)
+        store.write_concepts(layer, k, table)
+        ldir.save(f"labels_k{k}.npy", labels, kkey)
+        log_event(log, "concepts written", layer=layer, k=k, path=store.concepts_path(layer, k))
+    summary: dict[str, Any] = {"layer": layer, "tokens": source.n, "dim": source.d, "method": cfg.method,
+                               "micro": len(part.sizes), "k": ks, "per_k": per_k,
+                               "seconds": time.perf_counter() - t_start}
+    if cfg.evaluate:
+        summary["quality"] = _quality(source, cfg, ks, ldir, base, where)
+    store.set_stage(f"cluster:layer_{layer}", "done", k=ks, method=cfg.method, m=len(part.sizes),
+                    tokens=source.n, seconds=round(summary["seconds"], 2))
+    return summary
+
+
+def _tables(store: RunStore, n: int):
+    tokens = store.read_tokens(["row", "sentence_id", "position", "word"]).sort_by("row")
+    rows = tokens.column("row").to_numpy()
+    if len(rows) != n or (n and (rows[0] != 0 or rows[-1] != n - 1 or len(np.unique(rows)) != n)):
+        raise UserError(f"{store.tokens_path}: rows do not match the layer's {n} rows (0..{n - 1}); "
+                        f"re-run extraction")
+    return tokens, store.read_sentences()
+
+
+def _quality(source: ZarrSource, cfg: ClusterConfig, ks: list[int], ldir: LayerDir, base: dict,
+             where: str) -> list[dict]:
+    size = min(cfg.evaluate, source.n)
+    key = {**base, "evaluate": size, "k": ks, "micro": cfg.micro, "iters": cfg.kmeans_iters,
+           "sample_per_micro": cfg.sample_per_micro}
+    if ldir.state.get("quality.json") == key and (ldir.path / "quality.json").is_file():
+        return json.loads((ldir.path / "quality.json").read_text())
+    x = read_rows(source, sample_indices(source.n, size, cfg.seed), where)
+    micro = cfg.micro if cfg.micro and cfg.micro <= size else 0
+    rows = evaluate(x, [k for k in ks if k <= size], seed=cfg.seed, micro=micro, iters=cfg.kmeans_iters,
+                    per_micro=cfg.sample_per_micro)
+    atomic_write_bytes(ldir.path / "quality.json", json.dumps(rows, indent=1).encode())
+    ldir.mark("quality.json", key)
+    for r in rows:
+        log_event(log, "quality", layer=where, k=r["k"], ari=r["ari_vs_exact"], nmi=r["nmi_vs_exact"],
+                  sse_ratio=r["sse_ratio_vs_exact"], kmeans_ari=r["kmeans_ari_vs_exact"],
+                  exact_stability_ari=r["ari_exact_subsample"])
+    return rows
+
+
+def cluster_run(store: RunStore, cfg: ClusterConfig) -> dict:
+    """Cluster every configured layer of a run store; returns {"layers": {L: summary}, "config": ...}."""
+    check_k(cfg.k, max(cfg.k, default=1))
+    layers = cfg.layers or stored_layers(store)
+    if not layers:
+        raise UserError(f"{store.activations_path}: no layers stored; run `cluster-service extract` first")
+    use_ray = _ray(cfg)
+    out = {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}
+    return {"layers": out, "config": dataclasses.asdict(cfg)}

@@ -1,0 +1,119 @@
+"""Size-weighted Ward over micro-clusters: exact Ward started from a given partition.
+
+Ward's merge cost between clusters A and B is ΔSSE = |A||B|/(|A|+|B|)·‖c_A − c_B‖², and the
+Lance–Williams update for it is exact for any starting partition, so seeding the recurrence with
+micro-cluster centroids and sizes gives the same tree exact Ward would build above that partition.
+Heights follow fastcluster/scipy: √(2·ΔSSE), i.e. the Euclidean distance for two single points.
+
+The nearest-neighbour chain walks the dense matrix of squared heights: O(M²) time and memory,
+every step a vectorised O(M) row operation, no Python loop over pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+#: Rows per block when filling the initial distance matrix (bounds the temporaries).
+_BLOCK = 1024
+
+
+def _initial_costs(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Matrix of 2·ΔSSE between every pair (the squared fastcluster height), +inf on the diagonal."""
+    x = centroids.astype(np.float64)
+    x = x - x.mean(axis=0)  # centring keeps ‖a‖²+‖b‖²−2a·b accurate for nearby points
+    sq = np.einsum("ij,ij->i", x, x)
+    n = sizes.astype(np.float64)
+    m = len(n)
+    cost = np.empty((m, m), dtype=np.float64)
+    for lo in range(0, m, _BLOCK):
+        hi = min(lo + _BLOCK, m)
+        block = cost[lo:hi]
+        np.matmul(x[lo:hi], x.T, out=block)
+        block *= -2.0
+        block += sq[lo:hi, None]
+        block += sq[None, :]
+        np.maximum(block, 0.0, out=block)
+        block *= 2.0 * n[lo:hi, None] * n[None, :] / (n[lo:hi, None] + n[None, :])
+    np.fill_diagonal(cost, np.inf)
+    return cost
+
+
+def weighted_ward(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Ward linkage over clusters given by centroids [M, D] and sizes [M].
+
+    Returns a scipy-format linkage [M−1, 4]: (child a, child b, height, size), children numbered
+    like scipy (leaves 0..M−1, the i-th merge makes cluster M+i), merges sorted by height.
+    """
+    m = len(sizes)
+    if m < 1 or centroids.shape[0] != m:
+        raise UserError(f"weighted Ward: need ≥ 1 cluster with one centroid each (got {m} sizes, "
+                        f"{centroids.shape[0]} centroids)")
+    if np.any(np.asarray(sizes) <= 0):
+        raise UserError("weighted Ward: every micro-cluster must have a positive size")
+    if m == 1:
+        return np.zeros((0, 4), dtype=np.float64)
+    cost = _initial_costs(centroids, sizes)
+    size = np.asarray(sizes, dtype=np.float64).copy()
+    active = np.ones(m, dtype=bool)
+    merges_a = np.empty(m - 1, dtype=np.int64)
+    merges_b = np.empty(m - 1, dtype=np.int64)
+    heights2 = np.empty(m - 1, dtype=np.float64)
+    chain: list[int] = []
+    for step in range(m - 1):
+        if not chain:
+            chain.append(int(np.argmax(active)))
+        while True:
+            a = chain[-1]
+            row = cost[a]
+            b = int(np.argmin(row))
+            if len(chain) > 1:
+                prev = chain[-2]
+                if row[prev] <= row[b]:
+                    b = prev
+                if b == prev:
+                    break
+            chain.append(b)
+        chain.pop()
+        chain.pop()
+        lo, hi = (a, b) if a < b else (b, a)
+        d_ab = cost[lo, hi]
+        merges_a[step], merges_b[step], heights2[step] = lo, hi, d_ab
+        na, nb = size[lo], size[hi]
+        # Lance–Williams for Ward on squared heights; inactive entries are +inf and stay so
+        new = ((na + size) * cost[lo] + (nb + size) * cost[hi] - size * d_ab) / (na + nb + size)
+        new[lo] = np.inf
+        new[hi] = np.inf
+        cost[lo, :] = new
+        cost[:, lo] = new
+        cost[hi, :] = np.inf
+        cost[:, hi] = np.inf
+        size[lo] = na + nb
+        active[hi] = False
+    return _to_scipy(merges_a, merges_b, heights2, np.asarray(sizes, dtype=np.float64))
+
+
+def _to_scipy(a: np.ndarray, b: np.ndarray, heights2: np.ndarray, leaf_sizes: np.ndarray) -> np.ndarray:
+    """Sort chain-order merges by height (stable) and renumber clusters the scipy way."""
+    m = len(a) + 1
+    order = np.argsort(heights2, kind="stable")
+    parent = np.arange(2 * m - 1)
+    weight = np.concatenate([leaf_sizes, np.zeros(m - 1)])
+
+    def find(x: int) -> int:
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    z = np.empty((m - 1, 4), dtype=np.float64)
+    for i, s in enumerate(order):
+        ra, rb = find(int(a[s])), find(int(b[s]))
+        new = m + i
+        parent[ra] = parent[rb] = new
+        weight[new] = weight[ra] + weight[rb]
+        z[i] = (min(ra, rb), max(ra, rb), np.sqrt(heights2[s]), weight[new])
+    return z

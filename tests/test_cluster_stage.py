@@ -1,0 +1,195 @@
+"""The cluster stage on real Zarr run stores: streaming, Ray, concept tables, resume, errors, CLI."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from sklearn.metrics import adjusted_rand_score
+
+from cluster_service.cli import main as cli_main
+from cluster_service.cluster.config import ClusterConfig
+from cluster_service.cluster.micro import block_rows, nearest, shard_stats
+from cluster_service.cluster.parallel import assign_all
+from cluster_service.cluster.source import ArraySource, ZarrSource
+from cluster_service.cluster.stage import cluster_run
+from cluster_service.errors import UserError
+from cluster_service.store import CONCEPT_SCHEMA, RunStore
+
+WORDS = ["bank", "river", "money", "the", "ran", "fast", "blue", "green"]
+
+
+def make_store(root, x: np.ndarray, layer: int = 3, shard: int = 256, words_per_sentence: int = 8,
+               ) -> RunStore:
+    """A run store with the extract stage's layout, written with zarr/pyarrow directly."""
+    n, d = x.shape
+    group = zarr.open_group(str(root / "activations.zarr"), mode="a")
+    group.create_array(f"layer_{layer}", shape=(n, d), chunks=(min(64, shard), d), shards=(shard, d),
+                       dtype="float16", overwrite=True)[:] = x
+    rng = np.random.default_rng(0)
+    words = [WORDS[i] for i in rng.integers(0, len(WORDS), n)]
+    sid = np.arange(n) // words_per_sentence
+    pos = np.arange(n) % words_per_sentence
+    occ, seen = [], {}
+    for w in words:
+        seen[w] = seen.get(w, 0) + 1
+        occ.append(seen[w])
+    pq.write_table(pa.table({"row": np.arange(n), "sentence_id": sid, "position": pos.astype(np.int32),
+                             "word": words, "occurrence": occ}), root / "tokens.parquet")
+    texts = [" ".join(words[s * words_per_sentence:(s + 1) * words_per_sentence]) for s in range(sid[-1] + 1)]
+    pq.write_table(pa.table({"sentence_id": np.arange(len(texts)), "text": texts}),
+                   root / "sentences.parquet")
+    store = RunStore(root)
+    store.write_manifest({"stages": {}})
+    return store
+
+
+def blobs(n: int = 3000, k: int = 6, d: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, k, n)
+    return (rng.normal(scale=8.0, size=(k, d))[truth] + rng.normal(size=(n, d))).astype(np.float16), truth
+
+
+@pytest.mark.integration
+def test_streaming_assignment_equals_in_memory(tmp_path):
+    x, _ = blobs(n=1500)
+    store = make_store(tmp_path, x, shard=256)
+    src = ZarrSource(str(store.activations_path), "layer_3")
+    cents = np.random.default_rng(1).normal(scale=8.0, size=(40, 16)).astype(np.float32)
+    acc = assign_all(src, cents, where="t", progress=False)
+    x32 = x.astype(np.float32)
+    labels = nearest(x32, cents, np.einsum("ij,ij->i", cents, cents), block_rows(256))
+    np.testing.assert_array_equal(acc.labels, labels)
+    # and the same as a brute-force argmin
+    brute = np.argmin(((x32[:, None, :] - cents[None]) ** 2).sum(-1), axis=1)
+    assert (acc.labels == brute).mean() > 0.999
+    ref = shard_stats(x32, labels, 40)
+    np.testing.assert_allclose(acc.sums, ref.sums, rtol=1e-12)
+    np.testing.assert_array_equal(acc.counts, ref.counts)
+    mem = assign_all(ArraySource(x, 256), cents, where="t", progress=False)
+    np.testing.assert_array_equal(mem.labels, acc.labels)
+    np.testing.assert_array_equal(mem.sums, acc.sums)
+
+
+@pytest.mark.integration
+def test_ray_assignment_equals_one_process(tmp_path, ray_local):
+    x, _ = blobs(n=2000)
+    store = make_store(tmp_path, x, shard=256)
+    src = ZarrSource(str(store.activations_path), "layer_3")
+    cents = np.random.default_rng(2).normal(scale=8.0, size=(50, 16)).astype(np.float32)
+    one = assign_all(src, cents, where="t", progress=False)
+    par = assign_all(src, cents, where="t", use_ray=True, progress=False)
+    np.testing.assert_array_equal(one.labels, par.labels)
+    np.testing.assert_array_equal(one.sums, par.sums)
+    np.testing.assert_array_equal(one.counts, par.counts)
+    assert one.sq_norm == par.sq_norm
+
+
+@pytest.mark.integration
+def test_ray_worker_error_is_a_user_error(tmp_path, ray_local):
+    x, _ = blobs(n=600)
+    x[555, 3] = np.inf
+    store = make_store(tmp_path, x, shard=128)
+    src = ZarrSource(str(store.activations_path), "layer_3")
+    with pytest.raises(UserError, match="row 555"):
+        assign_all(src, np.zeros((4, 16), np.float32), where="t", use_ray=True, progress=False)
+
+
+@pytest.mark.integration
+def test_stage_writes_tree_concepts_and_resumes(tmp_path):
+    x, truth = blobs(n=3000, k=6)
+    store = make_store(tmp_path, x)
+    cfg = ClusterConfig(k=[6, 20], micro=300, seed=3)
+    summary = cluster_run(store, cfg)["layers"]["3"]
+    assert summary["micro"] <= 300 and summary["k"] == [6, 20]
+    cdir = store.clusters_dir(3)
+    labels6 = np.load(cdir / "labels_k6.npy")
+    assert adjusted_rand_score(truth, labels6) == 1.0
+    assert np.load(cdir / "linkage.npy").shape == (summary["micro"] - 1, 4)
+    assert np.load(cdir / "token_micro.npy").shape == (3000,)
+
+    table = store.read_concepts(3, 6)
+    assert table.schema.equals(CONCEPT_SCHEMA)
+    assert table.column("size").to_pylist() == np.bincount(labels6).tolist()
+    assert sorted(table.column("size").to_pylist(), reverse=True) == table.column("size").to_pylist()
+    words = store.read_tokens(["word"]).column("word").to_pylist()
+    row0 = table.slice(0, 1).to_pylist()[0]
+    members = np.flatnonzero(labels6 == 0)
+    assert row0["words"] == [words[i] for i in members]
+    counts = [(t["word"], t["count"]) for t in row0["top_types"]]
+    assert counts == sorted(counts, key=lambda wc: (-wc[1], wc[0]))
+    assert sum(c for _, c in counts) == row0["size"]
+    np.testing.assert_allclose(row0["centroid"], x[members].astype(np.float64).mean(0), rtol=1e-4, atol=1e-4)
+    texts = dict(zip(*store.read_sentences().to_pydict().values(), strict=True))
+    for ex in row0["examples"]:
+        assert labels6[ex["row"]] == 0
+        assert texts[ex["sentence_id"]].split(" ")[ex["position"]] == ex["word"] == words[ex["row"]]
+    assert len(row0["examples"]) == cfg.examples
+    manifest = store.read_manifest()
+    assert manifest["stages"]["cluster:layer_3"]["status"] == "done"
+
+    # rerun: nothing recomputed (files untouched), same tables
+    stamps = {p.name: p.stat().st_mtime_ns for p in cdir.iterdir()}
+    concept_stamp = store.concepts_path(3, 6).stat().st_mtime_ns
+    cluster_run(store, cfg)
+    assert {p.name: p.stat().st_mtime_ns for p in cdir.iterdir() if p.name != "state.json"} == \
+        {k: v for k, v in stamps.items() if k != "state.json"}
+    assert store.concepts_path(3, 6).stat().st_mtime_ns == concept_stamp
+
+    # a new K reuses the tree; a fresh store with the same input and seed gives identical output
+    cluster_run(store, ClusterConfig(k=[6, 20, 50], micro=300, seed=3))
+    assert np.load(cdir / "linkage.npy").tobytes() == np.load(cdir / "linkage.npy").tobytes()
+    other = make_store(tmp_path / "again", x)
+    cluster_run(other, cfg)
+    for name in ("token_micro.npy", "linkage.npy", "labels_k6.npy", "labels_k20.npy"):
+        assert (cdir / name).read_bytes() == (other.clusters_dir(3) / name).read_bytes()
+    assert store.read_concepts(3, 20).equals(other.read_concepts(3, 20))
+
+
+@pytest.mark.integration
+def test_exact_method_and_evaluate(tmp_path):
+    x, truth = blobs(n=800, k=5, d=8, seed=5)
+    store = make_store(tmp_path, x, shard=128)
+    cfg = ClusterConfig(k=[5, 40], method="exact", evaluate=600, micro=150)
+    summary = cluster_run(store, cfg)["layers"]["3"]
+    assert summary["micro"] == 800
+    assert adjusted_rand_score(truth, np.load(store.clusters_dir(3) / "labels_k5.npy")) == 1.0
+    quality = {r["k"]: r for r in summary["quality"]}
+    assert quality[5]["ari_vs_exact"] == 1.0 and quality[5]["n"] == 600
+    assert json.loads((store.clusters_dir(3) / "quality.json").read_text())[0]["k"] == 5
+
+
+@pytest.mark.integration
+def test_user_errors(tmp_path):
+    x, _ = blobs(n=300, d=8)
+    store = make_store(tmp_path / "a", x, shard=64)
+    with pytest.raises(UserError, match="more clusters than tokens"):
+        cluster_run(store, ClusterConfig(k=[301]))
+    with pytest.raises(UserError, match="at least 1"):
+        cluster_run(store, ClusterConfig(k=[0]))
+    with pytest.raises(UserError, match="layer 7 not stored"):
+        cluster_run(store, ClusterConfig(layers=[7]))
+    with pytest.raises(UserError, match="--micro 10"):
+        cluster_run(store, ClusterConfig(k=[50], micro=10))
+    bad = x.copy()
+    bad[200, 1] = np.nan
+    with pytest.raises(UserError, match="row 200"):
+        cluster_run(make_store(tmp_path / "b", bad, shard=64), ClusterConfig(k=[5], micro=50))
+    empty = make_store(tmp_path / "c", x[:1], shard=64)
+    zarr.open_group(str(empty.activations_path), mode="a").create_array(
+        "layer_3", shape=(0, 8), chunks=(64, 8), shards=(64, 8), dtype="float16", overwrite=True)
+    with pytest.raises(UserError, match="empty layer"):
+        cluster_run(empty, ClusterConfig(k=[1]))
+
+
+@pytest.mark.acceptance
+def test_cli(tmp_path, capsys):
+    x, _ = blobs(n=500, d=8)
+    store = make_store(tmp_path, x, shard=128)
+    assert cli_main(["cluster", str(tmp_path), "--layer", "3", "--k", "4,12", "--micro", "60"]) == 0
+    assert json.loads(capsys.readouterr().out)["3"]["k"] == [4, 12]
+    assert store.read_concepts(3, 12).num_rows == 12
+    assert cli_main(["cluster", str(tmp_path), "--k", "9999"]) == 2
+    assert "more clusters than tokens" in capsys.readouterr().err

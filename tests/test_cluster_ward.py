@@ -1,0 +1,61 @@
+"""Weighted Ward over micro-clusters against fastcluster's exact Ward, and cutting the tree."""
+
+import fastcluster
+import numpy as np
+import pytest
+from scipy.cluster.hierarchy import fcluster
+from sklearn.metrics import adjusted_rand_score
+
+from cluster_service.cluster.cut import cut
+from cluster_service.cluster.ward import weighted_ward
+from cluster_service.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("n,d,seed", [(300, 8, 0), (257, 32, 1), (60, 3, 2)])
+def test_one_point_per_micro_equals_exact_ward(n, d, seed):
+    x = np.random.default_rng(seed).normal(size=(n, d))
+    exact = fastcluster.linkage(x, method="ward")
+    ours = weighted_ward(x, np.ones(n))
+    np.testing.assert_allclose(ours[:, 2], exact[:, 2], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(ours[:, 3], exact[:, 3])
+    ks = range(1, n + 1)
+    ours_cut, exact_cut = cut(ours, ks), cut(exact, ks)
+    for k in ks:
+        assert len(np.unique(ours_cut[k])) == k
+        np.testing.assert_array_equal(ours_cut[k], exact_cut[k])
+    # the same partitions scipy's own cut gives
+    for k in (2, 7, n // 3):
+        assert adjusted_rand_score(fcluster(exact, k, "maxclust"), ours_cut[k]) == 1.0
+
+
+def test_sizes_weight_the_merge_cost():
+    """Starting from a partition of exact Ward's own tree, weighted Ward rebuilds the rest exactly."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 6))
+    exact = fastcluster.linkage(x, method="ward")
+    m = 40
+    part = cut(exact, [m])[m]
+    sizes = np.bincount(part)
+    cents = np.stack([x[part == c].mean(axis=0) for c in range(m)])
+    upper = weighted_ward(cents, sizes)
+    np.testing.assert_allclose(upper[:, 2], exact[-(m - 1):, 2], rtol=1e-9)
+    np.testing.assert_array_equal(upper[:, 3], exact[-(m - 1):, 3])
+    for k in (1, 5, 20, m):
+        # same partition (ids may differ where two concepts have equal size)
+        assert adjusted_rand_score(cut(upper, [k], sizes)[k][part], cut(exact, [k])[k]) == 1.0
+
+
+def test_cut_numbers_concepts_by_size_and_validates_k():
+    x = np.concatenate([np.zeros((5, 2)), np.full((2, 2), 10.0), np.full((9, 2), -10.0)])
+    x += np.random.default_rng(0).normal(scale=0.01, size=x.shape)
+    labels = cut(weighted_ward(x, np.ones(len(x))), [3])[3]
+    assert np.bincount(labels).tolist() == [9, 5, 2]
+    z = weighted_ward(x, np.ones(len(x)))
+    with pytest.raises(UserError, match="at least 1"):
+        cut(z, [0])
+    with pytest.raises(UserError, match="more clusters than"):
+        cut(z, [len(x) + 1])
+    with pytest.raises(UserError, match="positive size"):
+        weighted_ward(x, np.zeros(len(x)))
