@@ -1,0 +1,1 @@
+"""Activation extraction: a transformer over the corpus, one vector per word at every requested layer."""

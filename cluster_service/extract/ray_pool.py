@@ -1,0 +1,124 @@
+"""Extraction over Ray actors: one per GPU (or CPU workers), the model loaded once per actor.
+
+The driver keeps at most two shards in flight per actor (one computing, one queued) and writes
+nothing: actors own whole shards and mark them done after the data is durable. An actor that dies
+is restarted by Ray (model reloaded) and the calls it held are retried on it; a shard whose queued
+write died with the actor has no marker, so after every actor has flushed, the shards still without
+one get another round. Shards are idempotent, so at-least-once execution is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from ..logs import log_event
+from ..progress import progress_bar
+from ..store import RunStore
+from .config import ExtractConfig
+from .sequences import ShardTask
+from .writer import done_shards
+
+log = logging.getLogger("cluster_service.extract")
+MAX_ATTEMPTS = 4
+
+
+def init_ray(address: str = "") -> None:
+    """Join ``address`` or start a local Ray bound to loopback."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_ACCEPT_CLUSTER_CONFIG_UNSAFE", "1")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1",
+                 runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                                           "TOKENIZERS_PARALLELISM": "true"}})
+
+
+def plan_workers(cfg: ExtractConfig) -> tuple[int, dict]:
+    """How many actors and the resources each asks for, from what Ray reports (never hard-coded)."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    if gpus and cfg.device != "cpu":
+        n = cfg.workers or gpus
+        return n, {"num_gpus": 1, "num_cpus": max(1, min(4, cpus // max(n, 1)))}
+    n = cfg.workers or 1
+    per = cfg.cpus_per_worker or max(1, cpus // n)
+    return n, {"num_cpus": per}
+
+
+def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[ShardTask], rows: int) -> None:
+    from .worker import ExtractWorker
+
+    init_ray(cfg.address)
+    n, resources = plan_workers(cfg)
+    threads = int(resources["num_cpus"]) if "num_gpus" not in resources else 0
+    actor_cls = ray.remote(ExtractWorker).options(max_restarts=3, max_task_retries=3, **resources)
+    actors = [actor_cls.remote(str(store.root), cfg, layers, threads) for _ in range(n)]
+    log_event(log, "ray workers", actors=n, **resources)
+    attempts: dict[int, int] = {}
+    todo = list(tasks)
+    with progress_bar(total=rows, desc="extract", unit="tok") as bar:
+        while todo:
+            actors = _run_round(actors, todo, attempts, bar)
+            finished = done_shards(store)
+            todo = [t for t in todo if t.shard not in finished]
+            for t in todo:
+                if attempts.get(t.shard, 0) >= MAX_ATTEMPTS:
+                    raise RuntimeError(f"shard {t.shard} failed {MAX_ATTEMPTS} times; see the worker logs")
+            if todo:
+                log_event(log, "retrying shards", level=logging.WARNING, shards=[t.shard for t in todo])
+    for a in actors:
+        ray.kill(a)
+
+
+def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], bar) -> list:
+    queue = list(todo)
+    inflight: dict = {}  # ref -> (actor index, task)
+    load = [0] * len(actors)
+    alive = set(range(len(actors)))
+    strikes = [0] * len(actors)
+
+    def submit() -> None:
+        for i in sorted(alive, key=lambda j: load[j]):
+            while queue and load[i] < 2:
+                task = queue.pop(0)
+                attempts[task.shard] = attempts.get(task.shard, 0) + 1
+                inflight[actors[i].process.remote(task)] = (i, task)
+                load[i] += 1
+
+    submit()
+    while inflight:
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        i, task = inflight.pop(ready[0])
+        load[i] -= 1
+        try:
+            bar.update(ray.get(ready[0]))
+            strikes[i] = 0
+        except ray.exceptions.RayError as exc:
+            # a killed actor is restarted by Ray and its calls resume; one that keeps failing is dropped
+            strikes[i] += 1
+            log_event(log, "shard failed", level=logging.WARNING, shard=task.shard, actor=i,
+                      error=type(exc).__name__)
+            if strikes[i] > 2 * MAX_ATTEMPTS:
+                alive.discard(i)
+            _requeue(queue, task, attempts)
+        if not alive:
+            raise RuntimeError("every extraction actor died; see the worker logs")
+        submit()
+    for i in list(alive):
+        try:
+            ray.get(actors[i].flush.remote())
+        except ray.exceptions.RayError as exc:  # its unwritten shards have no marker: next round
+            log_event(log, "flush failed", level=logging.WARNING, actor=i, error=type(exc).__name__)
+    return [actors[i] for i in sorted(alive)]
+
+
+def _requeue(queue: list[ShardTask], task: ShardTask, attempts: dict[int, int]) -> None:
+    if attempts.get(task.shard, 0) >= MAX_ATTEMPTS:
+        raise RuntimeError(f"shard {task.shard} failed {MAX_ATTEMPTS} times; see the worker logs")
+    queue.append(task)

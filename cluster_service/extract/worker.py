@@ -1,0 +1,112 @@
+"""One extraction worker: the model loaded once, writer threads, and (on a GPU) async host copies.
+
+The same class runs in-process (the local engine) and as a Ray actor (one per GPU). ``process``
+returns once a shard is computed and its write is queued, so the model starts the next shard while
+writer threads store this one; ``flush`` waits until every queued shard is durable and marked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from ..logs import log_event
+from ..store import RunStore
+from .config import ExtractConfig
+from .engine import ShardComputer
+from .model import load_model
+from .sequences import ShardTask
+from .writer import ShardWriter
+
+log = logging.getLogger("cluster_service.extract")
+
+
+class ExtractWorker:
+    def __init__(self, run_dir: str, cfg: ExtractConfig, layers: list[int], threads: int = 0,
+                 model: Any = None, sink: str = "zarr"):
+        if threads:
+            torch.set_num_threads(threads)
+        self.cfg = cfg
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, cfg.trust_remote_code, model)
+        self.computer = ShardComputer(self.lm, layers, cfg.pooling, cfg.batch_tokens)
+        # sink "host" drops vectors once they reach host memory: the benchmark's upper bound without storage
+        self.writer = ShardWriter(RunStore(run_dir), layers) if sink == "zarr" else None
+        n_writers = max(1, cfg.writer_threads)
+        self.pool = ThreadPoolExecutor(max_workers=n_writers, thread_name_prefix="zarr-writer")
+        self.slots = threading.BoundedSemaphore(n_writers + 1)  # shards computed but not yet written
+        self.pending: list[Future] = []
+        self.cuda = self.lm.device.type == "cuda"
+        if self.cuda:
+            self.copy_stream = torch.cuda.Stream(device=self.lm.device)
+            self.host_buffers: queue.Queue = queue.Queue()
+            for _ in range(n_writers + 1):
+                self.host_buffers.put(None)  # allocated lazily at the shard size seen
+        log_event(log, "worker ready", pid=os.getpid(), device=str(self.lm.device), dtype=str(self.lm.dtype))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def process(self, task: ShardTask) -> int:
+        """Compute one shard and queue its write; returns the shard's row count."""
+        self.slots.acquire()
+        try:
+            out = self.computer.compute(task)
+            if self.cuda:
+                host = self._to_host(out)
+                fut = self.pool.submit(self._write_from_host, task, *host)
+            else:
+                fut = self.pool.submit(self._write, task, out.numpy())
+        except BaseException:
+            self.slots.release()
+            raise
+        fut.add_done_callback(lambda _: self.slots.release())
+        self.pending.append(fut)
+        self._raise_failed()
+        return task.stop - task.start
+
+    def _to_host(self, out: torch.Tensor):
+        buf = self.host_buffers.get()
+        if buf is None or buf.numel() < out.numel():
+            buf = torch.empty(out.numel(), dtype=torch.float16, pin_memory=True)
+        view = buf[: out.numel()].view(out.shape)
+        self.copy_stream.wait_stream(torch.cuda.current_stream(self.lm.device))
+        with torch.cuda.stream(self.copy_stream):
+            view.copy_(out, non_blocking=True)
+            out.record_stream(self.copy_stream)  # keep the allocator off it until the copy ends
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        return buf, view, done
+
+    def _write_from_host(self, task: ShardTask, buf, view, done) -> None:
+        try:
+            done.synchronize()
+            self._write(task, view.numpy())
+        finally:
+            self.host_buffers.put(buf)
+
+    def _write(self, task: ShardTask, data) -> None:
+        if self.writer is not None:
+            self.writer.write(task.shard, task.start, task.stop, data)
+
+    def _raise_failed(self) -> None:
+        still = []
+        for fut in self.pending:
+            if fut.done():
+                fut.result()  # re-raises a writer's error in the caller
+            else:
+                still.append(fut)
+        self.pending = still
+
+    def flush(self) -> int:
+        """Block until every queued shard is written and marked; returns how many were pending."""
+        n = len(self.pending)
+        for fut in self.pending:
+            fut.result()
+        self.pending = []
+        return n

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, lint, and run the whole test suite (unit, integration, acceptance).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0
+ruff check .
+exec python -m pytest -q -ra "$@"
