@@ -1,0 +1,242 @@
+"""The annotation pool against a real HTTP server (aiohttp, in its own process) that speaks the OpenAI
+chat-completions protocol and misbehaves on demand. Counts are taken on the server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cluster_service.annotate.config import AnnotateConfig
+from cluster_service.annotate.fixtures import concept_table
+from cluster_service.annotate.stage import annotate_run
+from cluster_service.annotate.testing_server import ServerProcess, max_in_window
+from cluster_service.errors import UserError
+from cluster_service.store import RunStore
+
+pytestmark = pytest.mark.integration
+
+KEY = "sk-test-" + secrets.token_hex(16)
+KEY_ENV = "ANNOTATE_TEST_KEY"
+LAYER = 3
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess(KEY) as srv:
+        yield srv
+
+
+@pytest.fixture
+def fake(server, monkeypatch):
+    server.reset()
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return server
+
+
+def make_store(root: Path, n: int, seed: int = 0) -> RunStore:
+    store = RunStore(root)
+    sizes = [3 + (7 * i) % 40 for i in range(n)]
+    store.write_concepts(LAYER, n, concept_table(sizes, seed=seed))
+    return store
+
+
+def config(srv: ServerProcess, **kw) -> AnnotateConfig:
+    base = dict(backend="openai", base_url=srv.url, model="test-model", api_key_env=KEY_ENV, rpm=6000,
+                tpm=10_000_000, timeout_s=5.0, backoff_base_s=0.05, backoff_max_s=0.5, progress=False)
+    return AnnotateConfig(**{**base, **kw})
+
+
+def rows(store: RunStore, k: int) -> list[dict]:
+    return store.read_concepts(LAYER, k).to_pylist()
+
+
+def successes(log: list[dict]) -> Counter:
+    return Counter(e["hash"] for e in log if e.get("success"))
+
+
+def cli(store: RunStore, k: int, srv: ServerProcess, *extra: str, key: str = KEY, **popen) -> list[str]:
+    return [sys.executable, "-m", "cluster_service.cli", "annotate", str(store.root), "--layer", str(LAYER),
+            "--k", str(k), "--backend", "openai", "--base-url", srv.url, "--model", "test-model",
+            "--api-key-env", KEY_ENV, "--backoff-base-s", "0.05", *extra]
+
+
+def env(key: str = KEY) -> dict[str, str]:
+    return {**os.environ, KEY_ENV: key}
+
+
+def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fake, tmp_path):
+    fake.control(rates={"429": 0.1, "500": 0.08, "503": 0.05, "malformed": 0.05, "hang": 0.03},
+                 script=["429", "hang", "malformed", "500"], retry_after_ms=100, hang_s=3.0, seed=1)
+    store = make_store(tmp_path / "run", 30)
+    summary = annotate_run(store, LAYER, 30, config(fake, timeout_s=0.5, max_retries=10))
+    table = rows(store, 30)
+    assert {r["label_status"] for r in table} <= {"ok", "failed"}
+    assert all(r["label_error"] for r in table if r["label_status"] == "failed")
+    assert summary["labelled"] == 30 and summary["failed"] == 0
+    for r in table:
+        counts = Counter(r["words"])
+        top = sorted(counts, key=lambda w: (-counts[w], w))[0]
+        assert r["label"].startswith(top) and r["label_backend"] == "openai" and not r["label_is_baseline"]
+    log = fake.log()
+    faults = Counter(e["fault"] for e in log)
+    assert faults["429"] >= 1 and faults["hang"] >= 1 and faults["malformed"] >= 1 and faults["500"] >= 1
+    assert summary["calls"] == len(log) and summary["retries"] == len(log) - 30
+    assert max(successes(log).values()) == 1
+    served = [e for e in log if e.get("success")]
+    assert summary["tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in served)
+
+    again = annotate_run(store, LAYER, 30, config(fake))
+    assert again["calls"] == 0 and again["cached"] == 30 and len(fake.log()) == len(log)
+    assert [r["label"] for r in rows(store, 30)] == [r["label"] for r in table]
+
+
+def test_json_prompt_is_validated_and_raw_reply_kept(fake, tmp_path):
+    fake.control(script=["not_json_content"])
+    store = make_store(tmp_path / "run", 8)
+    summary = annotate_run(store, LAYER, 8, config(fake, prompt="json"))
+    table = rows(store, 8)
+    failed = [r for r in table if r["label_status"] == "failed"]
+    assert summary["failed"] == 1 and len(failed) == 1
+    assert "not JSON" in failed[0]["label_error"] and failed[0]["label_raw"].startswith("Sure! Here is")
+    for r in table:
+        if r["label_status"] == "ok":
+            assert r["label_type"] == "semantic" and r["label_description"].startswith("Words like")
+            assert r["label_raw"].startswith("{") and r["label_prompt"] == "json"
+
+
+@pytest.mark.parametrize("style,min_count,refused_twice", [("400", 2, False), ("finish", 2, False),
+                                                           ("400", 1, True)])
+def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_count, refused_twice):
+    fake.control(filter_words=["London"], filter_style=style, filter_min_count=min_count)
+    store = RunStore(tmp_path / "run")
+    store.write_concepts(LAYER, 3, concept_table([30, 30, 30], themes=["cities", "animals", "cities"]))
+    annotate_run(store, LAYER, 3, config(fake))
+    table = rows(store, 3)
+    animals = table[1]
+    assert animals["label_status"] == "ok" and animals["label_prompt"] == "paper"
+    for r in (table[0], table[2]):
+        assert r["words"].count("London") >= 2
+        if refused_twice:
+            assert r["label_status"] == "failed" and "content filter" in r["label_error"]
+        else:
+            assert r["label_status"] == "ok" and r["label_prompt"] == "paper+unique_types"
+    refusals = sum(e["fault"] in ("filter400", "filter_finish") for e in fake.log())
+    assert refusals == (4 if refused_twice else 2)
+
+
+def test_server_never_sees_more_than_the_rate_in_any_window(fake, tmp_path):
+    window, rpm = 2.0, 12
+    fake.control(rpm_limit=rpm, window_s=window, latency_s=[0.01, 0.05])
+    store = make_store(tmp_path / "run", 36)
+    summary = annotate_run(store, LAYER, 36, config(fake, rpm=rpm, rate_window_s=window, concurrency=8))
+    log = fake.log()
+    arrivals = [e["t"] for e in log]
+    assert summary["labelled"] == 36
+    assert max_in_window(arrivals, window) <= rpm
+    assert not [e for e in log if e["fault"] == "limit"]  # the server's own limit never had to refuse
+    assert (len(arrivals) - 1) / (max(arrivals) - min(arrivals)) >= 0.8 * rpm / window
+
+
+def test_server_side_limit_429_with_ratelimit_headers_is_honoured(fake, tmp_path):
+    fake.control(rpm_limit=6, window_s=1.0, retry_after_ms=None)
+    store = make_store(tmp_path / "run", 24)
+    summary = annotate_run(store, LAYER, 24, config(fake, rpm=1000, rate_window_s=1.0, concurrency=8))
+    refused = [e for e in fake.log() if e["fault"] == "limit"]
+    assert summary["labelled"] == 24
+    # the first burst (concurrency 8 > the server's 6) is refused in part; then the client adopts the
+    # server's x-ratelimit-limit-requests and waits out its reset instead of hammering it
+    assert 1 <= len(refused) <= 5
+
+
+def test_bad_key_stops_at_once_with_one_clear_line(fake, tmp_path):
+    store = make_store(tmp_path / "run", 20)
+    bad = "sk-wrong-" + secrets.token_hex(8)
+    proc = subprocess.run(cli(store, 20, fake, "--concurrency", "8"), env=env(bad), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "rejected the API key (HTTP 401)" in lines[0]
+    assert "Traceback" not in proc.stderr and bad not in proc.stderr + proc.stdout
+    log = fake.log()
+    assert len(log) == 1 and log[0]["status"] == 401  # the probe went alone; nothing followed it
+    table = rows(store, 20)
+    assert all(r["label_status"] == "failed" and "HTTP 401" in r["label_error"] for r in table)
+    assert RunStore(store.root).read_manifest()["stages"][f"annotate:layer_{LAYER}_k20"]["status"] == "failed"
+
+
+def test_wrong_model_stops(fake, tmp_path):
+    store = make_store(tmp_path / "run", 5)
+    with pytest.raises(UserError, match="404 for model 'gpt-nope'"):
+        annotate_run(store, LAYER, 5, config(fake, model="gpt-nope"))
+    assert len(fake.log()) == 1
+
+
+def test_missing_key_is_a_user_error(fake, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(UserError, match=f"{KEY_ENV} is not set"):
+        annotate_run(make_store(tmp_path / "run", 2), LAYER, 2, config(fake))
+
+
+def test_kill_mid_run_then_rerun_repeats_no_successful_call(fake, tmp_path):
+    n, done_before_kill = 40, 12
+    # after 12 successes every request hangs: the kill lands with requests in flight and no reply in
+    # transit, so "repeated" can only mean the client lost a reply it had received
+    fake.control(hang_after=done_before_kill, hang_s=30.0, latency_s=[0.02, 0.06])
+    store = make_store(tmp_path / "run", n)
+    proc = subprocess.Popen(cli(store, n, fake, "--concurrency", "4", "--timeout-s", "60"), env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        log = fake.log()
+        if sum(successes(log).values()) >= done_before_kill and any(e["fault"] == "hang" for e in log):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "annotate finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    with sqlite3.connect(store.annotations_db) as db:
+        assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == done_before_kill
+
+    fake.control(hang_after=None)
+    rerun = subprocess.run(cli(store, n, fake, "--json"), env=env(), capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    per_request = successes(fake.log())
+    assert len(per_request) == n and max(per_request.values()) == 1
+    assert all(r["label_status"] == "ok" for r in rows(store, n))
+
+
+def test_key_in_no_log_line_or_file(fake, tmp_path):
+    fake.control(script=["429", "500", "malformed"], retry_after_ms=50)
+    store = make_store(tmp_path / "run", 10)
+    proc = subprocess.run([sys.executable, "-m", "cluster_service.cli",
+                           "--log-level", "DEBUG", *cli(store, 10, fake)[3:]],
+                          env={**env(), "OPENAI_LOG": "debug"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "annotate finished" in proc.stderr
+    assert KEY not in proc.stdout and KEY not in proc.stderr
+    files = [p for p in store.root.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("annotations.sqlite") for p in files)
+    for path in files:
+        assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_dry_run_calls_nothing_and_writes_nothing(fake, tmp_path):
+    store = make_store(tmp_path / "run", 12)
+    before = store.concepts_path(LAYER, 12).read_bytes()
+    proc = subprocess.run(cli(store, 12, fake, "--dry-run"), env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "12 calls to make" in proc.stdout and "estimated cost" in proc.stdout
+    assert fake.log() == [] and not store.annotations_db.exists()
+    assert store.concepts_path(LAYER, 12).read_bytes() == before
