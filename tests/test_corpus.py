@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import logging
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -138,12 +142,33 @@ def test_moses_does_not_escape_and_lowercase_applies(tmp_path):
 
 
 @pytest.mark.unit
-def test_pool_tokenization_equals_in_process():
+def test_pool_tokenization_equals_in_process(caplog):
     lines = [f"Sentence {i}: the {i % 7}th cat isn't here, is it?" for i in range(500)]
     one = list(tokenize_chunks(chunked(lines, 40), "moses", False, workers=1))
-    pooled = list(tokenize_chunks(chunked(lines, 40), "moses", False, workers=2))
+    assert "tokenizer pool started" not in caplog.text
+    with caplog.at_level(logging.INFO, logger="cluster_service"):
+        pooled = list(tokenize_chunks(chunked(lines, 40), "moses", False, workers=2))
+    assert "tokenizer pool started" in caplog.text and "failed" not in caplog.text
     assert len(pooled) == len(one) == 13
     assert all(a.equals(b) for a, b in zip(one, pooled, strict=True))
+
+
+@pytest.mark.unit
+def test_pool_that_cannot_start_falls_back_without_losing_chunks(tmp_path):
+    """A script without a __main__ guard: spawned workers re-run it and die; the parent carries on."""
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "from cluster_service.corpus.tokenize import chunked, tokenize_chunks\n"
+        "lines = [f'Sentence {i}: the cat isn\\'t here.' for i in range(500)]\n"
+        "out = list(tokenize_chunks(chunked(lines, 40), 'moses', False, workers=2))\n"
+        "print('RESULT', len(out), sum(len(a) for a in out), out[-1][-1])\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "RESULT 13 500 Sentence 499 : the cat isn 't here ." in done.stdout
+    assert "tokenizer pool failed" in done.stderr
 
 
 # ---------------------------------------------------------------- filters
