@@ -33,6 +33,13 @@ def test_planted_clusters_are_recovered():
         assert len(np.unique(res.labels[3][truth == c])) == 1
 
 
+def test_planted_clusters_with_tokens_as_leaves():
+    x, truth = planted(n_per=150, k=8, d=16, seed=2)
+    res = fit_approx(x, [8], dense_max=300)  # default rule: every token a leaf, kNN-graph Ward below 300
+    assert len(res.partition.sizes) == len(x)
+    assert adjusted_rand_score(truth, res.labels[8]) == 1.0
+
+
 def test_same_seed_same_assignments_other_seed_runs_too():
     x, _ = planted(n_per=150, k=5, d=16, seed=1)
     x += np.random.default_rng(9).normal(scale=3.0, size=x.shape).astype(np.float32)  # blur: seeds matter
@@ -47,11 +54,11 @@ def test_same_seed_same_assignments_other_seed_runs_too():
 
 
 def test_default_micro_rule():
-    assert default_micro(1000, 50) == 500  # 10·K dominates N/4
-    assert default_micro(20_000, 50) == 5000  # N/4
-    assert default_micro(20_000, 600) == 6000  # 10·K
-    assert default_micro(1_000_000, 600) == 8192  # cap
-    assert default_micro(300, 50) == 300  # never more than N
+    assert default_micro(20_000, 600) == 20_000  # tokens are the leaves (kNN-graph Ward)
+    assert default_micro(100_000, 50) == 100_000
+    assert default_micro(1_000_000, 600) == 8192  # k-means micro-clusters, capped by cost
+    assert default_micro(1_000_000, 1000) == 10_000  # never closer than 10·K
+    assert default_micro(300_000, 50, graph_max=1000) == 8192
 
 
 def test_bad_input_is_a_user_error():

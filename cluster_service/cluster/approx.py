@@ -1,5 +1,7 @@
-"""The scalable approximate Ward: sample → FAISS k-means to M micro-clusters → assign all tokens →
-size-weighted Ward over the micro-centroids → cut at each K.
+"""The scalable approximate Ward. Leaves: the tokens themselves up to ``GRAPH_MAX`` tokens, else
+M micro-clusters (seeded sample → FAISS k-means → every token assigned, shard by shard). Tree:
+size-weighted Ward over the leaves, kNN-graph Ward at the bottom while there are more than
+``dense_max`` clusters, dense (exact) Ward above. Then cut at each K.
 
 These step functions are shared by the stage (which persists each step to resume) and by the
 quality report (which runs them on an in-memory sample).
@@ -12,24 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cut import cut
+from .graph import hybrid_ward
 from .micro import (
     MicroPartition,
     compact,
     default_micro,
     default_sample,
+    identity_partition,
     sample_indices,
     train_kmeans,
 )
 from .parallel import assign_all
 from .source import ArraySource, Source, read_rows
-from .ward import weighted_ward
 
 
 def micro_centroids(source: Source, m: int, *, seed: int, iters: int, per_micro: int,
                     where: str) -> np.ndarray:
-    """k-means centroids [M, D] from a seeded sample of the layer (or the identity when M = N)."""
-    if m >= source.n:
-        return read_rows(source, np.arange(source.n), where)
+    """k-means centroids [M, D] from a seeded sample of the layer."""
     rows = sample_indices(source.n, default_sample(source.n, m, per_micro), seed)
     return train_kmeans(read_rows(source, rows, where), m, seed, iters)
 
@@ -42,12 +43,16 @@ class ApproxResult:
 
 
 def fit_approx(x: np.ndarray, ks: list[int], *, micro: int = 0, seed: int = 0, iters: int = 10,
-               per_micro: int = 32, shard: int = 16384) -> ApproxResult:
+               per_micro: int = 32, shard: int = 16384, dense_max: int = 8192,
+               neighbors: int = 16) -> ApproxResult:
     """Approximate Ward of the rows of an in-memory array (the same steps the stage runs)."""
     source = ArraySource(x, shard)
     m = micro or default_micro(source.n, max(ks))
-    cents = micro_centroids(source, m, seed=seed, iters=iters, per_micro=per_micro, where="sample")
-    part = compact(assign_all(source, cents, where="sample", progress=False))
-    z = weighted_ward(part.centroids, part.sizes)
+    if m >= source.n:
+        part = identity_partition(read_rows(source, np.arange(source.n), "sample"))
+    else:
+        cents = micro_centroids(source, m, seed=seed, iters=iters, per_micro=per_micro, where="sample")
+        part = compact(assign_all(source, cents, where="sample", progress=False))
+    z = hybrid_ward(part.centroids, part.sizes, dense_max=dense_max, k=neighbors)
     micro_labels = cut(z, ks, part.sizes)
     return ApproxResult(part, z, {k: lab[part.token_micro] for k, lab in micro_labels.items()})

@@ -18,7 +18,15 @@ class ClusterConfig:
     """'approx': k-means micro-clusters + size-weighted Ward (scales to millions of tokens);
     'exact': Ward on every token (fastcluster; up to ~50K tokens)."""
     micro: int = 0
-    """Number of micro-clusters M; 0 picks min(N, max(10·K_max, min(N/4, 8192)))."""
+    """Leaves of the tree: M k-means micro-clusters; 0 picks M = N (every token a leaf) up to
+    --graph-max tokens, else min(N, max(10·K_max, 8192)); M = N means no k-means."""
+    graph_max: int = 100_000
+    """The default M rule makes every token a leaf up to this many tokens (kNN search ~N²·D)."""
+    dense_max: int = 8192
+    """Ward runs on a dense M² float64 matrix at most this wide; with more leaves, kNN-graph Ward
+    (reciprocal nearest neighbours on a kNN graph) builds the bottom of the tree first."""
+    neighbors: int = 16
+    """Neighbours per leaf in the kNN graph of kNN-graph Ward (more: closer to exact, slower)."""
     sample_per_micro: int = 32
     """k-means trains on a seeded sample of this many tokens per micro-cluster (capped at N)."""
     kmeans_iters: int = 10

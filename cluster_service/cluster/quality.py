@@ -45,16 +45,29 @@ def _scores(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
     return float(adjusted_rand_score(ref, other)), float(normalized_mutual_info_score(ref, other))
 
 
+#: The reference recipe also scored by --evaluate: k-means to N/4 micro-clusters + weighted Ward,
+#: the leaves the budget allows at 1M tokens relative to their N (see micro.default_micro).
+RECIPE_TOKENS_PER_MICRO = 4
+
+
 def evaluate(x: np.ndarray, ks: list[int], *, seed: int = 0, micro: int = 0, iters: int = 10,
-             per_micro: int = 32) -> list[dict]:
-    """One row per K: approximate and k-means vs exact (ARI, NMI, SSE ratio), exact's stability."""
+             per_micro: int = 32, dense_max: int = 8192, neighbors: int = 16) -> list[dict]:
+    """One row per K: approximate, k-means micro + Ward (N/4 leaves) and plain k-means at K vs exact
+    Ward (ARI, NMI, SSE ratio), and exact Ward's 90%-subsample stability."""
     ks = check_k(ks, len(x))
     t0 = time.perf_counter()
     exact = cut(exact_ward(x), ks)
     t_exact = time.perf_counter() - t0
+    micro = micro or default_micro(len(x), max(ks))
     t0 = time.perf_counter()
-    approx = fit_approx(x, ks, micro=micro, seed=seed, iters=iters, per_micro=per_micro)
+    approx = fit_approx(x, ks, micro=micro, seed=seed, iters=iters, per_micro=per_micro,
+                        dense_max=dense_max, neighbors=neighbors)
     t_approx = time.perf_counter() - t0
+    m_recipe = max(max(ks), len(x) // RECIPE_TOKENS_PER_MICRO)
+    t0 = time.perf_counter()
+    recipe = fit_approx(x, ks, micro=m_recipe, seed=seed, iters=iters, per_micro=per_micro,
+                        dense_max=dense_max, neighbors=neighbors)
+    t_recipe = time.perf_counter() - t0
     rng = np.random.default_rng(seed + 1)
     keep = np.sort(rng.choice(len(x), size=int(0.9 * len(x)), replace=False))
     sub = cut(exact_ward(x[keep]), [k for k in ks if k <= len(keep)])
@@ -62,11 +75,14 @@ def evaluate(x: np.ndarray, ks: list[int], *, seed: int = 0, micro: int = 0, ite
     for k in ks:
         e_sse = within_sse(x, exact[k])
         a_ari, a_nmi = _scores(exact[k], approx.labels[k])
+        t0 = time.perf_counter()
         km = kmeans_labels(x, k, seed)
+        t_km = time.perf_counter() - t0
         k_ari, k_nmi = _scores(exact[k], km)
+        r_ari, r_nmi = _scores(exact[k], recipe.labels[k])
         s_ari, s_nmi = _scores(exact[k][keep], sub[k]) if k in sub else (float("nan"), float("nan"))
         rows.append({
-            "k": k, "n": len(x), "m": int(micro or default_micro(len(x), max(ks))),
+            "k": k, "n": len(x), "m": int(micro),
             "m_nonempty": len(approx.partition.sizes),
             "ari_vs_exact": a_ari, "nmi_vs_exact": a_nmi,
             "exact_sse": e_sse,
@@ -75,6 +91,10 @@ def evaluate(x: np.ndarray, ks: list[int], *, seed: int = 0, micro: int = 0, ite
             "kmeans_sse_ratio_vs_exact": within_sse(x, km) / e_sse,
             "ari_exact_subsample": s_ari, "nmi_exact_subsample": s_nmi,
             "ari_ratio_to_stability": a_ari / s_ari if s_ari == s_ari and s_ari > 0 else float("nan"),
-            "exact_seconds": t_exact, "approx_seconds": t_approx,
+            "kmeans_micro_ari_vs_exact": r_ari, "kmeans_micro_nmi_vs_exact": r_nmi,
+            "kmeans_micro_sse_ratio_vs_exact": within_sse(x, recipe.labels[k]) / e_sse,
+            "kmeans_micro_m": m_recipe, "extra_methods": ["kmeans_micro"],
+            "exact_seconds": t_exact, "seconds": t_approx, "kmeans_micro_seconds": t_recipe,
+            "kmeans_seconds": t_km,
         })
     return rows

@@ -34,11 +34,11 @@ from .concepts import concept_table
 from .config import ClusterConfig
 from .cut import check_k, cut
 from .exact import exact_ward
+from .graph import hybrid_ward
 from .micro import MicroPartition, compact, default_micro, identity_partition, sample_indices
 from .parallel import assign_all
 from .quality import evaluate
 from .source import ZarrSource, read_rows
-from .ward import weighted_ward
 
 log = logging.getLogger("cluster_service.cluster")
 
@@ -100,7 +100,7 @@ def _ray(cfg: ClusterConfig) -> bool:
 def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: LayerDir, base: dict,
                      use_ray: bool, where: str) -> tuple[MicroPartition, dict]:
     key = {**base, "m": m, "method": cfg.method}
-    if cfg.method == "approx":
+    if cfg.method == "approx" and m < source.n:
         key |= {"sample_per_micro": cfg.sample_per_micro, "kmeans_iters": cfg.kmeans_iters}
     names = ("token_micro.npy", "micro_sizes.npy", "micro_sums.npy", "micro_centroids.npy")
     if all(ldir.have(n, key) for n in names) and ldir.state.get("sq_norm", {}).get("key") == key:
@@ -108,7 +108,7 @@ def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: Layer
         part = MicroPartition(ldir.load(names[0]), ldir.load(names[3]), ldir.load(names[1]),
                               ldir.load(names[2]), ldir.state["sq_norm"]["value"])
         return part, key
-    if cfg.method == "exact":
+    if cfg.method == "exact" or m >= source.n:
         part = identity_partition(read_rows(source, np.arange(source.n), where))
         return part, key
     if ldir.have("kmeans_centroids.npy", key):
@@ -129,18 +129,19 @@ def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: Layer
     return part, key
 
 
-def _linkage(part: MicroPartition, source: ZarrSource, cfg: ClusterConfig, ldir: LayerDir, key: dict,
-             where: str) -> np.ndarray:
+def _linkage(part: MicroPartition, cfg: ClusterConfig, ldir: LayerDir, key: dict,
+             where: str) -> tuple[np.ndarray, dict]:
+    key = {**key, "dense_max": cfg.dense_max, "neighbors": cfg.neighbors} if cfg.method == "approx" else key
     if ldir.have("linkage.npy", key):
-        return ldir.load("linkage.npy")
+        return ldir.load("linkage.npy"), key
     t0 = time.perf_counter()
     if cfg.method == "exact":
         z = exact_ward(part.centroids)
     else:
-        z = weighted_ward(part.centroids, part.sizes)
+        z = hybrid_ward(part.centroids, part.sizes, dense_max=cfg.dense_max, k=cfg.neighbors)
     ldir.save("linkage.npy", z, key)
     log_event(log, "ward done", layer=where, leaves=len(part.sizes), seconds=time.perf_counter() - t0)
-    return z
+    return z, key
 
 
 def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: bool = False) -> dict:
@@ -157,7 +158,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
                             f"Ward; use --method approx")
         m = source.n
     else:
-        m = cfg.micro or default_micro(source.n, max(ks))
+        m = cfg.micro or default_micro(source.n, max(ks), cfg.graph_max)
         if not max(ks) <= m <= source.n:
             raise UserError(f"--micro {m}: must lie between the largest K ({max(ks)}) and the number of "
                             f"tokens ({source.n})")
@@ -166,7 +167,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
     ldir = LayerDir(store.clusters_dir(layer))
     base = {"fingerprint": _fingerprint(source), "seed": cfg.seed}
     part, key = _micro_partition(source, cfg, m, ldir, base, use_ray, where)
-    z = _linkage(part, source, cfg, ldir, key, where)
+    z, key = _linkage(part, cfg, ldir, key, where)
     micro_labels = cut(z, ks, part.sizes)
     tokens = sentences = None
     per_k: dict[int, dict] = {}
@@ -211,13 +212,14 @@ def _quality(source: ZarrSource, cfg: ClusterConfig, ks: list[int], ldir: LayerD
              where: str) -> list[dict]:
     size = min(cfg.evaluate, source.n)
     key = {**base, "evaluate": size, "k": ks, "micro": cfg.micro, "iters": cfg.kmeans_iters,
-           "sample_per_micro": cfg.sample_per_micro}
+           "sample_per_micro": cfg.sample_per_micro, "graph_max": cfg.graph_max, "dense_max": cfg.dense_max,
+           "neighbors": cfg.neighbors}
     if ldir.state.get("quality.json") == key and (ldir.path / "quality.json").is_file():
         return json.loads((ldir.path / "quality.json").read_text())
     x = read_rows(source, sample_indices(source.n, size, cfg.seed), where)
-    micro = cfg.micro if cfg.micro and cfg.micro <= size else 0
+    micro = cfg.micro if cfg.micro and cfg.micro <= size else default_micro(size, max(ks), cfg.graph_max)
     rows = evaluate(x, [k for k in ks if k <= size], seed=cfg.seed, micro=micro, iters=cfg.kmeans_iters,
-                    per_micro=cfg.sample_per_micro)
+                    per_micro=cfg.sample_per_micro, dense_max=cfg.dense_max, neighbors=cfg.neighbors)
     atomic_write_bytes(ldir.path / "quality.json", json.dumps(rows, indent=1).encode())
     ldir.mark("quality.json", key)
     for r in rows:

@@ -1,0 +1,201 @@
+"""Clustering at scale: wall time and peak RSS per (N, method), and quality vs exact Ward.
+
+Timing rows (synthetic d=768 Gaussian-mixture vectors in a real run store, K=600): each row runs
+`cluster-service cluster` in a fresh process; the parent samples the RSS of the whole process tree
+(psutil, every 0.2 s). Exact Ward rows run where they fit; its memory at larger N is extrapolated as
+N² from the largest measured peak and marked computed.
+
+Quality rows (real activations, K=50/200/600): `--evaluate` on a seeded sample of a run store made
+by `cluster-service extract` (all-MiniLM-L6-v2, layer 6, last-subword pooling, WordNet demo sentences).
+
+    python benchmarks/bench_cluster_scale.py timing --ns 10000,100000,1000000
+    python benchmarks/bench_cluster_scale.py quality --run RUN --layer 6 --n 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+RESULTS = Path(__file__).parent / "results" / "cluster_scale.json"
+MACHINE = "2-core CPU box"
+IDENTITY = ("machine", "n", "d", "k", "m", "method", "data")
+
+
+def save_rows(rows: list[dict]) -> None:
+    """Replace rows with the same identity, keep the others (see shared/BENCHMARKS.md)."""
+    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+    ident = lambda r: tuple(r.get(f) for f in IDENTITY)  # noqa: E731
+    new = {ident(r) for r in rows}
+    merged = [r for r in old if ident(r) not in new] + rows
+    merged.sort(key=lambda r: (r.get("data", ""), r.get("k", 0), r.get("n", 0), r.get("method", "")))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"benchmark": "cluster_scale", "rows": merged}, indent=1) + "\n")
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (GiB) of the process tree, and stdout of ``cmd``."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak = max(peak, total)
+            except psutil.Error:
+                pass
+            stop.wait(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    stop.set()
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
+    return time.perf_counter() - t0, peak / 2**30, out
+
+
+def make_synthetic(root: Path, n: int, d: int, seed: int = 0, centres: int = 2000, shard: int = 16384) -> None:
+    """A run store of n Gaussian-mixture vectors (float16, sharded like extract writes them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zarr
+
+    if (root / "run.json").is_file():
+        return
+    rng = np.random.default_rng(seed)
+    mus = rng.normal(size=(centres, d)).astype(np.float32) * 2.0
+    group = zarr.open_group(str(root / "activations.zarr"), mode="w")
+    arr = group.create_array("layer_6", shape=(n, d), chunks=(1024, d), shards=(shard, d), dtype="float16")
+    for lo in range(0, n, shard):
+        hi = min(lo + shard, n)
+        which = rng.integers(0, centres, hi - lo)
+        arr[lo:hi] = (mus[which] + rng.normal(size=(hi - lo, d)).astype(np.float32)).astype(np.float16)
+    words = np.array([f"w{i}" for i in range(5000)])
+    per = 10
+    pq.write_table(pa.table({"row": np.arange(n), "sentence_id": np.arange(n) // per,
+                             "position": (np.arange(n) % per).astype(np.int32),
+                             "word": words[rng.integers(0, len(words), n)], "occurrence": np.ones(n, np.int64)}),
+                   root / "tokens.parquet")
+    sids = np.arange((n + per - 1) // per)
+    pq.write_table(pa.table({"sentence_id": sids, "text": ["synthetic sentence"] * len(sids)}),
+                   root / "sentences.parquet")
+    (root / "run.json").write_text(json.dumps({"stages": {}}))
+
+
+def timing(args: argparse.Namespace) -> None:
+    import shutil
+
+    from cluster_service.cluster.micro import default_micro
+
+    rows = []
+    exact_peaks = []
+    for n in args.ns:
+        data = Path(args.workdir) / f"synth_{n}_{args.d}"
+        make_synthetic(data, n, args.d)
+        for method in args.methods:
+            if method == "exact" and n > args.exact_max:
+                continue
+            shutil.rmtree(data / "clusters", ignore_errors=True)
+            shutil.rmtree(data / "concepts", ignore_errors=True)
+            cmd = [sys.executable, "-m", "cluster_service.cli", "--log-level", "WARNING", "cluster", str(data),
+                   "--layer", "6", "--k", str(args.k), "--method", method, "--exact-max", str(args.exact_max)]
+            if args.address:
+                cmd += ["--address", args.address]
+            secs, peak, out = run_measured(cmd)
+            summary = json.loads(out)["6"]
+            row = {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d, "k": args.k,
+                   "method": "exact_ward" if method == "exact" else "approx_ward",
+                   "m": summary["micro"] if method != "exact" else None, "seconds": round(secs, 1),
+                   "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process"}
+            if method == "approx":
+                row["m_rule"] = default_micro(n, args.k)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if method == "exact":
+                exact_peaks.append((n, peak, secs))
+            save_rows(rows)
+    if exact_peaks:
+        n0, p0, s0 = max(exact_peaks)
+        for n in args.ns:
+            if n > n0:
+                rows.append({"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d,
+                             "k": args.k, "method": "exact_ward", "m": None, "seconds": round(s0 * (n / n0) ** 2, 0),
+                             "peak_rss_gib": round(p0 * (n / n0) ** 2, 1), "data": "synthetic", "computed": True,
+                             "note": f"N² extrapolation from the measured N={n0} row"})
+        save_rows(rows)
+
+
+def quality(args: argparse.Namespace) -> None:
+    cmd = [sys.executable, "-m", "cluster_service.cli", "--log-level", "WARNING", "cluster", args.run,
+           "--layer", str(args.layer), "--k", "50,200,600", "--evaluate", str(args.n), "--method", "approx"]
+    secs, peak, _ = run_measured(cmd)
+    q = json.loads((Path(args.run) / "clusters" / f"layer_{args.layer}" / "quality.json").read_text())
+    rows = []
+    for r in q:
+        base = {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": r["n"], "d": args.d, "k": r["k"],
+                "data": f"real:{args.model}", "ari_exact_subsample": round(r["ari_exact_subsample"], 4)}
+        for method, prefix, m in (("approx_ward", "", r["m"]), ("kmeans", "kmeans_", None)) + tuple(
+                (name, f"{name}_", r.get(f"{name}_m")) for name in r.get("extra_methods", [])):
+            row = {**base, "method": method, "m": m,
+                   "ari_vs_exact": round(r[f"{prefix}ari_vs_exact"], 4),
+                   "nmi_vs_exact": round(r[f"{prefix}nmi_vs_exact"], 4),
+                   "sse_ratio_vs_exact": round(r[f"{prefix}sse_ratio_vs_exact"], 4),
+                   "ari_ratio_to_stability": round(r[f"{prefix}ari_vs_exact"] / r["ari_exact_subsample"], 3),
+                   "seconds": round(r.get(f"{prefix}seconds", float("nan")), 1), "peak_rss_gib": None,
+                   "note": "seconds: that method alone on the sample, in the --evaluate process"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    rows.append({"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": q[0]["n"], "d": args.d, "k": 600,
+                 "method": "evaluate_all", "m": None, "seconds": round(secs, 1), "peak_rss_gib": round(peak, 3),
+                 "data": f"real:{args.model}",
+                 "note": "the whole --evaluate run: exact Ward twice (sample + 90% subsample), "
+                         "every method, K=50,200,600"})
+    save_rows(rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("timing")
+    t.add_argument("--ns", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[10_000, 20_000, 100_000, 300_000, 1_000_000])
+    t.add_argument("--d", type=int, default=768)
+    t.add_argument("--k", type=int, default=600)
+    t.add_argument("--methods", type=lambda s: s.split(","), default=["approx", "exact"])
+    t.add_argument("--exact-max", type=int, default=20_000)
+    t.add_argument("--address", default="", help="'' one process; 'local' Ray tasks")
+    t.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/cluster_bench"))
+    q = sub.add_parser("quality")
+    q.add_argument("--run", required=True)
+    q.add_argument("--layer", type=int, default=6)
+    q.add_argument("--n", type=int, default=20_000)
+    q.add_argument("--d", type=int, default=384)
+    q.add_argument("--model", default="all-MiniLM-L6-v2")
+    args = p.parse_args()
+    timing(args) if args.what == "timing" else quality(args)
+
+
+if __name__ == "__main__":
+    main()
