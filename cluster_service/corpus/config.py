@@ -31,7 +31,7 @@ class CorpusConfig:
     max_sentence_words: int = 0
     """Drop sentences with more words than this (after tokenization); 0 keeps all."""
     max_sentences: int = 0
-    """Seeded uniform sample of this many non-empty lines, kept in file order, drawn before the
+    """Seeded uniform sample of this many non-empty sentences, kept in file order, drawn before the
     length filter; 0 reads all."""
     seed: int = 0
     """Seed of the sentence sample."""
