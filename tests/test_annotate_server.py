@@ -13,14 +13,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.fixtures import concept_table
 from cluster_service.annotate.stage import annotate_run
-from cluster_service.annotate.testing_server import ServerProcess, max_in_window
+from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
 from cluster_service.errors import UserError
-from cluster_service.store import RunStore
+from cluster_service.store import CONCEPT_SCHEMA, RunStore
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +134,17 @@ def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_cou
     assert refusals == (4 if refused_twice else 2)
 
 
+def test_identical_prompts_share_one_call(fake, tmp_path):
+    rows_in = concept_table([6, 6, 6, 9], seed=2).to_pylist()
+    for r in rows_in[1:3]:
+        r["words"], r["examples"] = rows_in[0]["words"], rows_in[0]["examples"]
+    store = RunStore(tmp_path / "run")
+    store.write_concepts(LAYER, 4, pa.Table.from_pylist(rows_in, schema=CONCEPT_SCHEMA))
+    summary = annotate_run(store, LAYER, 4, config(fake))
+    assert summary["labelled"] == 4 and summary["calls"] == 2 and summary["cached"] == 2
+    assert len(fake.log()) == 2
+
+
 def test_server_never_sees_more_than_the_rate_in_any_window(fake, tmp_path):
     window, rpm = 2.0, 12
     fake.control(rpm_limit=rpm, window_s=window, latency_s=[0.01, 0.05])
@@ -144,6 +156,19 @@ def test_server_never_sees_more_than_the_rate_in_any_window(fake, tmp_path):
     assert max_in_window(arrivals, window) <= rpm
     assert not [e for e in log if e["fault"] == "limit"]  # the server's own limit never had to refuse
     assert (len(arrivals) - 1) / (max(arrivals) - min(arrivals)) >= 0.8 * rpm / window
+
+
+def test_server_never_sees_more_than_the_token_rate_in_any_window(fake, tmp_path):
+    window, tpm = 2.0, 1500
+    fake.control(tpm_limit=tpm, window_s=window, latency_s=[0.01, 0.05])
+    store = make_store(tmp_path / "run", 24)
+    summary = annotate_run(store, LAYER, 24, config(fake, tpm=tpm, rate_window_s=window, max_tokens=30))
+    log = fake.log()
+    tokens = [(e["t"], e["prompt_tokens"] + e["completion_tokens"]) for e in log]
+    assert summary["labelled"] == 24 and not [e for e in log if e["fault"] == "limit"]
+    assert max_sum_in_window(tokens, window) <= tpm
+    span = max(t for t, _ in tokens) - min(t for t, _ in tokens)
+    assert sum(n for _, n in tokens) / span >= 0.7 * tpm / window
 
 
 def test_server_side_limit_429_with_ratelimit_headers_is_honoured(fake, tmp_path):

@@ -82,10 +82,12 @@ class AnnotationPool:
 
     def __post_init__(self) -> None:
         self._ratio = 1.0  # server-counted prompt tokens per estimated token, learned from usage
+        self._first_usage = True
         self._rng = random.Random(self.settings.seed)
 
     async def run(self, tasks: list[Task]) -> list[Outcome]:
         self._sem = asyncio.Semaphore(self.settings.concurrency)
+        self._inflight: dict[str, asyncio.Event] = {}  # concepts with identical prompts share one call
         self._verified = asyncio.Event()
         self._probe = asyncio.Lock()
         bar = tqdm(total=len(tasks), desc="annotate", unit="concept", file=sys.stderr, smoothing=0.05,
@@ -115,14 +117,19 @@ class AnnotationPool:
                 break
             key = request_key(self.backend.name, self.backend.model, request)
             reply = self.cache.get(key)
+            if reply is None and key in self._inflight:
+                await self._inflight[key].wait()  # then the cache has it, or we try ourselves
+                continue
             if reply is None:
                 if attempts > self.settings.max_retries:
                     out.error = f"{last_error} (gave up after {attempts} attempts)"
                     break
                 attempts += 1
                 calls += 1
+                self._inflight[key] = done = asyncio.Event()
                 try:
                     reply = await self._send(request)
+                    self.cache.put(key, self.backend.name, self.backend.model, request, reply)
                 except CallError as exc:
                     if exc.action == FATAL:
                         self.fatal = self.fatal or exc
@@ -143,7 +150,9 @@ class AnnotationPool:
                     self.usage.retries += 1
                     await asyncio.sleep(self._backoff(attempts, exc.retry_after))
                     continue
-                self.cache.put(key, self.backend.name, self.backend.model, request, reply)
+                finally:
+                    del self._inflight[key]
+                    done.set()
                 out.prompt_tokens += reply.prompt_tokens
                 out.completion_tokens += reply.completion_tokens
             else:
@@ -193,7 +202,7 @@ class AnnotationPool:
             try:
                 reply, limits = await self.backend.complete(request)
             except CallError as exc:
-                self.limiter.settle(grant, prompt_estimate)
+                # what the server counted for a failed call is unknown: the reservation stands
                 self.limiter.observe(exc.limits)
                 if exc.status is not None and exc.action != FATAL:
                     self._verified.set()
@@ -202,7 +211,9 @@ class AnnotationPool:
         self.limiter.settle(grant, reply.prompt_tokens + reply.completion_tokens)
         self.limiter.observe(limits)
         if reply.prompt_tokens:
-            self._ratio = 0.8 * self._ratio + 0.2 * reply.prompt_tokens / raw_estimate
+            observed = reply.prompt_tokens / raw_estimate
+            self._ratio = observed if self._first_usage else 0.8 * self._ratio + 0.2 * observed
+            self._first_usage = False
         self.usage.prompt_tokens += reply.prompt_tokens
         self.usage.completion_tokens += reply.completion_tokens
         self.latencies.append(reply.latency_s)

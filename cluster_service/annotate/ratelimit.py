@@ -3,8 +3,8 @@
 A token bucket alone lets ``capacity + rate * W`` through in any window of W seconds, more than the
 limit; a sliding-window log alone sends the whole minute's allowance in one burst, which real
 endpoints (token buckets themselves) answer with 429s. Both together pace smoothly and guarantee
-that no window of ``window_s`` (plus a 2% margin for network jitter between send and arrival)
-contains more than ``rpm`` requests or ``tpm`` tokens. Token amounts are estimates when sent and are
+that no window of ``window_s`` (plus a margin of 0.25 s, at most 10% of the window, for jitter between
+send and arrival) contains more than ``rpm`` requests or ``tpm`` tokens. Token amounts are estimates when sent and are
 corrected with the usage the reply reports (``settle``). ``observe`` honours the server's
 ``x-ratelimit-*`` headers: a pause while its bucket is empty (``remaining = 0``), and its limits where
 they are tighter than ours.
@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-WINDOW_MARGIN = 0.02
+WINDOW_MARGIN_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class RateLimiter:
         self.clock = clock
         self.max_requests = max(1, math.floor(rpm))
         self.max_tokens = tpm
-        self.horizon = window_s * (1 + WINDOW_MARGIN)
+        self.horizon = window_s + min(WINDOW_MARGIN_S, 0.1 * window_s)
         self._burst_share = burst_s / self.horizon
         now = clock()
         r_rate, t_rate = rpm / self.horizon, tpm / self.horizon

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ..errors import UserError
@@ -173,6 +174,10 @@ async def _run_pool(cfg: AnnotateConfig, store: RunStore,
         await backend.close()
 
 
+def _quantile(values: Sequence[float], q: float) -> float | None:
+    return round(float(np.quantile(values, q)), 4) if len(values) else None
+
+
 def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> dict[str, Any]:
     """Label every concept of ``layer``/``k``; returns a summary (labelled, failed, calls, cached, tokens,
     cost). Raises ``UserError`` with one clear line when the endpoint refuses the key or the model,
@@ -187,7 +192,7 @@ def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> di
 
         outcomes = BaselineLabeller().label_concepts(rows)
         usage, price, model = Usage(), (0.0, 0.0), outcomes[0].model if outcomes else None
-        fatal = None
+        fatal, latencies = None, []
     else:
         tasks = build_tasks(cfg, rows)
         largest = max((estimate_tokens(t.request["messages"]) for t in tasks), default=0) + cfg.max_tokens
@@ -199,7 +204,7 @@ def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> di
         store.set_stage(stage_name(layer, k), "running", backend=cfg.backend, model=cfg.model,
                         prompt=cfg.prompt)
         outcomes, pool = asyncio.run(_run_pool(cfg, store, tasks))
-        usage, model, fatal = pool.usage, cfg.model, pool.fatal
+        usage, model, fatal, latencies = pool.usage, cfg.model, pool.fatal, pool.latencies
         price = model_price(cfg.model, cfg.price_table, cfg.input_price_per_mtok, cfg.output_price_per_mtok)
     is_baseline = cfg.backend == "baseline"
     store.write_concepts(layer, k, with_labels(table, outcomes, cfg.backend, is_baseline))
@@ -211,6 +216,7 @@ def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> di
         "retries": usage.retries, "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens, "tokens": usage.prompt_tokens + usage.completion_tokens,
         "cost_usd": usage.cost(price), "seconds": round(time.monotonic() - start, 3),
+        "call_p50_s": _quantile(latencies, 0.5), "call_p99_s": _quantile(latencies, 0.99),
     }
     if is_baseline:
         summary["note"] = "baseline labels (not an LLM): spaCy tags and token statistics"

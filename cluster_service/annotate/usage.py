@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import tomllib
 
 from ..errors import UserError
 

@@ -1,0 +1,146 @@
+"""Annotation pool against the fake OpenAI server, at real rate limits and real time (no scaled clock).
+
+1,000 synthetic concepts with lognormal sizes (median 40 tokens, sigma 1.2, capped at 20,000; large
+ones are cut to the 1,500-token prompt budget), a server that injects 2% 429s (Retry-After: 1 s) and
+1% 500s, answers in 0.3-1.2 s, and enforces the same limits itself. Two scenarios: ``rpm_bound``
+(600 requests/min, tokens unlimited in practice) and ``tpm_bound`` (a tokens/min limit that binds).
+Everything is counted at the server: requests and tokens per minute that reached it, the most in any
+sliding 60 s window, calls repeated (a request answered successfully twice) and concepts lost (no
+label and no failure reason). A rerun of each scenario must make zero calls (all cached). Also the
+offline baseline labeller's seconds per concept on the same concepts.
+
+    python benchmarks/bench_annotate.py [--scenarios rpm_bound,tpm_bound,baseline] [--concepts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from cluster_service.annotate.config import AnnotateConfig
+from cluster_service.annotate.fixtures import concept_table, lognormal_sizes
+from cluster_service.annotate.stage import annotate_run
+from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
+from cluster_service.store import RunStore
+
+MACHINE = "2-core CPU box"
+RESULTS = Path(__file__).resolve().parent / "results" / "annotate.json"
+KEY_ENV = "BENCH_ANNOTATE_KEY"
+WINDOW = 60.0
+LAYER = 0
+
+
+def make_store(n: int) -> RunStore:
+    store = RunStore(Path(tempfile.mkdtemp(prefix="bench_annotate_")))
+    store.write_concepts(LAYER, n, concept_table(lognormal_sizes(n, seed=0), seed=0))
+    return store
+
+
+def lost(store: RunStore, n: int) -> int:
+    rows = store.read_concepts(LAYER, n).select(["concept", "label", "label_status", "label_error"]).to_pylist()
+    fine = {r["concept"] for r in rows if (r["label_status"] == "ok" and r["label"])
+            or (r["label_status"] == "failed" and r["label_error"])}
+    return n - len(fine)
+
+
+def llm_scenario(name: str, n: int, rpm: float, tpm: float, concurrency: int) -> dict:
+    key = "sk-bench-" + secrets.token_hex(16)
+    os.environ[KEY_ENV] = key
+    store = make_store(n)
+    with ServerProcess(key, rates={"429": 0.02, "500": 0.01}, retry_after_s=1.0, latency_s=[0.3, 1.2],
+                       rpm_limit=rpm, tpm_limit=tpm, window_s=WINDOW, seed=7) as srv:
+        cfg = AnnotateConfig(backend="openai", base_url=srv.url, model="test-model", api_key_env=KEY_ENV,
+                             rpm=rpm, tpm=tpm, rate_window_s=WINDOW, concurrency=concurrency,
+                             timeout_s=30.0, progress=sys.stderr.isatty())
+        summary = annotate_run(store, LAYER, n, cfg)
+        log = srv.log()
+        rerun = annotate_run(store, LAYER, n, cfg)
+        rerun_requests = len(srv.log()) - len(log)
+    times = [e["t"] for e in log]
+    tokens = [(e["t"], e["prompt_tokens"] + e["completion_tokens"]) for e in log]
+    span_min = (max(times) - min(times)) / 60
+    served = Counter(e["hash"] for e in log if e.get("success"))
+    row = {
+        "machine": MACHINE, "backend": "openai (fake server)", "scenario": name, "concepts": n,
+        "rpm_limit": rpm, "tpm_limit": tpm, "seconds": summary["seconds"],
+        "achieved_rpm": round(len(log) / span_min, 1),
+        "achieved_tpm": round(sum(t for _, t in tokens) / span_min, 0),
+        "max_requests_in_60s": max_in_window(times, WINDOW),
+        "max_tokens_in_60s": max_sum_in_window(tokens, WINDOW),
+        "server_limit_429s": sum(e["fault"] == "limit" for e in log),
+        "concepts_per_min": round(n / summary["seconds"] * 60, 1),
+        "p50_s": summary["call_p50_s"], "p99_s": summary["call_p99_s"],
+        "retries": summary["retries"], "requests": len(log),
+        "injected_429": sum(e["fault"] == "429" for e in log), "injected_500": sum(e["fault"] == "500" for e in log),
+        "repeated_calls": sum(c - 1 for c in served.values()), "lost": lost(store, n),
+        "labelled": summary["labelled"], "failed": summary["failed"],
+        "rerun_calls": rerun_requests, "rerun_cached": rerun["cached"], "concurrency": concurrency,
+        "clock": "real time, 60 s windows",
+    }
+    binding = "rpm" if name == "rpm_bound" else "tpm"
+    row["binding_limit_used"] = round(row[f"achieved_{binding}"] / row[f"{binding}_limit"], 4)
+    return row
+
+
+def baseline_row(n: int) -> dict:
+    store = make_store(n)
+    start = time.monotonic()
+    summary = annotate_run(store, LAYER, n, AnnotateConfig(backend="baseline", progress=False))
+    seconds = time.monotonic() - start
+    return {"machine": MACHINE, "backend": "baseline", "scenario": "offline", "concepts": n,
+            "seconds": round(seconds, 2), "s_per_concept": round(seconds / n, 5), "labelled": summary["labelled"],
+            "lost": lost(store, n), "note": "spaCy model load included; not an LLM"}
+
+
+def merge(rows: list[dict]) -> None:
+    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "annotate", "rows": []}
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    ident = lambda r: (r.get("machine"), r.get("backend"), r.get("scenario"), r.get("concepts"))  # noqa: E731
+    new = {ident(r) for r in rows}
+    data["rows"] = [r for r in data["rows"] if ident(r) not in new] + [{**r, "date": today} for r in rows]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = ["backend", "scenario", "concepts", "rpm_limit", "tpm_limit", "seconds", "achieved_rpm",
+            "achieved_tpm", "binding_limit_used", "max_requests_in_60s", "max_tokens_in_60s", "concepts_per_min",
+            "p50_s", "p99_s", "retries", "repeated_calls", "lost", "rerun_calls", "s_per_concept"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default="rpm_bound,tpm_bound,baseline")
+    parser.add_argument("--concepts", type=int, default=1000)
+    parser.add_argument("--tpm", type=float, default=100_000, help="tokens/min limit of tpm_bound")
+    args = parser.parse_args()
+    rows = []
+    for name in args.scenarios.split(","):
+        if name == "rpm_bound":
+            rows.append(llm_scenario(name, args.concepts, rpm=600, tpm=10_000_000, concurrency=32))
+        elif name == "tpm_bound":
+            rows.append(llm_scenario(name, args.concepts, rpm=100_000, tpm=args.tpm, concurrency=32))
+        elif name == "baseline":
+            rows.append(baseline_row(args.concepts))
+        else:
+            raise SystemExit(f"unknown scenario {name}")
+        print(json.dumps(rows[-1]), flush=True)
+    merge(rows)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
