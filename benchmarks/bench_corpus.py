@@ -9,6 +9,7 @@ Prints a table and merges rows into ``benchmarks/results/corpus.json`` (../share
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import tempfile
@@ -35,7 +36,9 @@ def row(machine: str, mode: str, workers: int | str, sentences: int, words: int,
         data: str) -> dict:
     return {"machine": machine, "mode": mode, "workers": workers, "sentences": sentences, "words": words,
             "seconds": round(seconds, 2), "sentences_per_s": round(sentences / seconds),
-            "words_per_s": round(words / seconds), "data": data}
+            "words_per_s": round(words / seconds), "data": data,
+            # other jobs share the box: a 1-minute load above the core count slows every row
+            "load_avg_1m": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}
 
 
 def main() -> None:
