@@ -21,6 +21,34 @@ def resolve_model_name(name: str) -> str:
     return name or default_model_path()
 
 
+RANDOM_PREFIX = "random:"
+
+
+def random_config(name: str):
+    """``random:bert-base`` (or ``random:DIR`` with a config.json): an untrained network of that shape.
+
+    For throughput work where no weights can be downloaded; its tokenizer is the packaged MiniLM's
+    (the same 30,522-word BERT vocabulary) or the one in $CLUSTER_SERVICE_TOKENIZER.
+    """
+    from transformers import AutoConfig, BertConfig
+
+    spec = name[len(RANDOM_PREFIX):]
+    if spec == "bert-base":
+        return BertConfig()
+    if spec == "bert-large":
+        return BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+    try:
+        return AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model '{name}': no such random model spec ({str(exc).splitlines()[0]})") from None
+
+
+def tokenizer_path(name: str) -> str:
+    if name.startswith(RANDOM_PREFIX):
+        return os.environ.get("CLUSTER_SERVICE_TOKENIZER") or default_model_path()
+    return resolve_model_name(name)
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -57,6 +85,8 @@ def load_config_only(name: str, trust_remote_code: bool = False):
     """The model's config (layer count, width) without loading weights: the driver needs only that."""
     from transformers import AutoConfig
 
+    if name.startswith(RANDOM_PREFIX):
+        return random_config(name)
     path = resolve_model_name(name)
     try:
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -67,7 +97,7 @@ def load_config_only(name: str, trust_remote_code: bool = False):
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    path = resolve_model_name(name)
+    path = tokenizer_path(name)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     try:
         cfg = load_config_only(name, trust_remote_code)
@@ -83,8 +113,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
 
 
 def load_model(name: str, device: str = "auto", dtype: str = "auto", max_length: int = 0,
-               trust_remote_code: bool = False, model: Any = None) -> LoadedModel:
-    """Load weights once. ``model`` lets a benchmark pass a randomly initialised network (no weights here)."""
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load weights once per worker (``random:...`` names build an untrained network instead)."""
     import torch
     from transformers import AutoModel
 
@@ -92,9 +122,12 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", max_length:
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     tok = load_tokenizer(name, trust_remote_code)
-    if model is None:
+    if name.startswith(RANDOM_PREFIX):
+        torch.manual_seed(0)
+        model = AutoModel.from_config(random_config(name))
+    else:
         try:
-            model = AutoModel.from_pretrained(resolve_model_name(name), torch_dtype=dt,
+            model = AutoModel.from_pretrained(resolve_model_name(name), dtype=dt,
                                               trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise UserError(f"model '{name}': cannot load ({str(exc).splitlines()[0]})") from None

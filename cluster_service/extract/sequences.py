@@ -1,21 +1,26 @@
 """From sentences of words to padded subword batches, with windows for sentences too long for the model.
 
-A shard's work is a set of rows (word occurrences) in sentences. Every sentence is tokenized once as
-pre-split words, so each word's subwords are known; a sentence longer than the model allows is cut
-into half-overlapping windows of whole words, and each word is read from the window in which it has
-the most context on both sides. Nothing is truncated.
+A shard's sentences are tokenized in one batched call as pre-split words, so each word's subwords
+are known. A sentence longer than the model allows is cut into half-overlapping windows of whole
+words, and each word is read from the window in which it has the most context on both sides.
+Nothing is truncated.
+
+The plan is built with flat numpy arrays, not per-word Python objects: on a GPU the model consumes
+well over a million words a second, and per-word Python work would be the bottleneck.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
 from ..logs import log_event
 
 log = logging.getLogger("cluster_service.extract")
+PAD_MULTIPLE = 8  # padded widths in multiples of 8: fewer distinct shapes, tensor-core friendly
 
 
 @dataclass
@@ -31,13 +36,34 @@ class ShardTask:
 
 
 @dataclass
-class Sequence:
-    """One forward-pass input and the words it must emit."""
+class ShardPlan:
+    """Every forward-pass sequence of a shard and where each row's subwords sit in it."""
 
-    ids: np.ndarray  # subword ids with special tokens
-    span_start: np.ndarray  # [w] first subword position of each emitted word
-    span_stop: np.ndarray  # [w] one past its last subword
-    out_rows: np.ndarray  # [w] row within the shard
+    ids: np.ndarray  # flat subword ids of all sequences, special tokens included
+    seq_start: np.ndarray  # [sequences + 1] offsets into ``ids``
+    row_seq: np.ndarray  # [rows] the sequence each row is read from
+    row_a: np.ndarray  # [rows] its first subword's position in that sequence
+    row_b: np.ndarray  # [rows] one past its last subword
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.seq_start)
+
+
+@dataclass
+class Batch:
+    ids: np.ndarray  # [B, T] padded
+    mask: np.ndarray  # [B, T]
+    rows: np.ndarray  # [w] shard rows this batch fills
+    first: np.ndarray  # [w] flat index (b*T + t) of each row's first subword
+    last: np.ndarray  # [w] flat index of its last subword
+
+    def mean_segments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices of every subword of every row, and the row-in-batch each belongs to."""
+        counts = self.last - self.first + 1
+        seg = np.repeat(np.arange(len(counts)), counts)
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(self.first, counts) + within, seg
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
@@ -52,21 +78,6 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
         if full[i : i + len(plain)] == plain:
             return list(full[:i]), list(full[i + len(plain):])
     raise ValueError("cannot locate the sequence inside its special tokens")
-
-
-def word_pieces(tokenizer, sentences: list[list[str]]) -> list[list[np.ndarray]]:
-    """Subword ids of every word of every sentence, in one batched (Rust, parallel) tokenizer call."""
-    enc = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-    fallback = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else tokenizer.eos_token_id
-    out: list[list[np.ndarray]] = []
-    for i, words in enumerate(sentences):
-        ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
-        wid = np.asarray([-1 if w is None else w for w in enc.word_ids(i)], dtype=np.int64)
-        bounds = np.searchsorted(wid, np.arange(len(words) + 1))
-        pieces = [ids[bounds[j]:bounds[j + 1]] for j in range(len(words))]
-        # a word that tokenizes to nothing (stray control characters) still gets a vector
-        out.append([p if len(p) else np.asarray([fallback], dtype=np.int64) for p in pieces])
-    return out
 
 
 def windows(lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:
@@ -96,46 +107,134 @@ def best_window(position: int, spans: list[tuple[int, int]]) -> int:
     return best
 
 
-def build_sequences(task: ShardTask, tokenizer, max_length: int) -> list[Sequence]:
+def _fallback_id(tokenizer) -> int:
+    for cand in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+        if cand is not None:
+            return int(cand)
+    return 0
+
+
+def build_plan(task: ShardTask, tokenizer, max_length: int) -> ShardPlan:
     prefix, suffix = special_tokens(tokenizer)
-    before = len(prefix)
-    budget = max_length - len(prefix) - len(suffix)
-    pieces = word_pieces(tokenizer, task.sentences)
-    rows_of: dict[int, list[tuple[int, int]]] = {}
-    for row, (s, p) in enumerate(zip(task.row_sentence.tolist(), task.row_position.tolist(), strict=True)):
-        rows_of.setdefault(s, []).append((p, row))
-    seqs: list[Sequence] = []
-    for s, wanted in rows_of.items():
-        words = pieces[s]
-        lengths = np.asarray([len(p) for p in words])
-        spans = [(0, len(words))] if lengths.sum() <= budget else windows(lengths, budget)
-        if len(spans) > 1:
-            log_event(log, "sentence windowed", level=logging.DEBUG, words=len(words), windows=len(spans))
-        per_window: dict[int, list[tuple[int, int]]] = {}
-        for p, row in wanted:
-            per_window.setdefault(best_window(p, spans) if len(spans) > 1 else 0, []).append((p, row))
-        for w, emit in per_window.items():
+    n_pre, n_suf = len(prefix), len(suffix)
+    budget = max_length - n_pre - n_suf
+    sents = task.sentences
+    enc = tokenizer(sents, is_split_into_words=True, add_special_tokens=False)
+    sub_counts = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(sents))
+    n_sub = int(sub_counts.sum())
+    flat_ids = np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=n_sub)
+    flat_wid = np.fromiter((-1 if w is None else w for i in range(len(sents)) for w in enc.word_ids(i)),
+                           dtype=np.int64, count=n_sub)
+    word_counts = np.fromiter((len(s) for s in sents), dtype=np.int64, count=len(sents))
+    word_off = np.concatenate([[0], np.cumsum(word_counts)])
+    sub_off = np.concatenate([[0], np.cumsum(sub_counts)])
+    sent_of_sub = np.repeat(np.arange(len(sents)), sub_counts)
+    key = word_off[sent_of_sub] + flat_wid  # global word index of every subword
+    first = np.full(int(word_off[-1]) + 1, -1, dtype=np.int64)
+    last = np.full_like(first, -1)
+    uniq, idx_first = np.unique(key, return_index=True)
+    idx_last = np.r_[idx_first[1:], n_sub] - 1
+    first[uniq], last[uniq] = idx_first, idx_last
+    has_pieces = first[: word_off[-1]] >= 0
+    complete = np.add.reduceat(has_pieces, word_off[:-1]) == word_counts if len(sents) else np.zeros(0, bool)
+    complete &= flat_wid.min(initial=0) >= 0
+    simple = complete & (sub_counts <= budget)  # one sequence, the common case
+
+    # simple sentences: prefix + subwords + suffix, laid out with array arithmetic
+    s_idx = np.flatnonzero(simple)
+    s_len = sub_counts[s_idx] + n_pre + n_suf
+    s_start = np.concatenate([[0], np.cumsum(s_len)])
+    ids = np.empty(int(s_start[-1]), dtype=np.int64)
+    for j, tok in enumerate(prefix):
+        ids[s_start[:-1] + j] = tok
+    for j, tok in enumerate(suffix):
+        ids[s_start[1:] - n_suf + j] = tok
+    body_mask = simple[sent_of_sub]
+    shift = np.zeros(len(sents), dtype=np.int64)
+    shift[s_idx] = s_start[:-1] + n_pre - sub_off[s_idx]
+    ids[np.flatnonzero(body_mask) + shift[sent_of_sub[body_mask]]] = flat_ids[body_mask]
+    seq_of_sentence = np.full(len(sents), -1, dtype=np.int64)
+    seq_of_sentence[s_idx] = np.arange(len(s_idx))
+
+    rows = len(task.row_sentence)
+    row_seq = np.empty(rows, dtype=np.int64)
+    row_a = np.empty(rows, dtype=np.int64)
+    row_b = np.empty(rows, dtype=np.int64)
+    rs, rp = task.row_sentence, task.row_position
+    easy = simple[rs]
+    k = word_off[rs[easy]] + rp[easy]
+    row_seq[easy] = seq_of_sentence[rs[easy]]
+    row_a[easy] = first[k] - sub_off[rs[easy]] + n_pre
+    row_b[easy] = last[k] - sub_off[rs[easy]] + n_pre + 1
+
+    # the rest: sentences over the budget (windows) or with words that tokenize to nothing
+    extra_ids, extra_len = [ids], list(s_len)
+    n_seq = len(s_idx)
+    hard_rows = np.flatnonzero(~easy)
+    by_sentence: dict[int, list[int]] = {}
+    for r in hard_rows.tolist():
+        by_sentence.setdefault(int(rs[r]), []).append(r)
+    fallback = _fallback_id(tokenizer)
+    for s, srows in by_sentence.items():
+        pieces = []
+        for w in range(int(word_counts[s])):
+            g = word_off[s] + w
+            pieces.append(flat_ids[first[g]: last[g] + 1] if first[g] >= 0 else np.asarray([fallback]))
+        lengths = np.asarray([len(p) for p in pieces])
+        spans = [(0, len(pieces))] if lengths.sum() <= budget else windows(lengths, budget)
+        log_event(log, "sentence windowed", level=logging.DEBUG, words=len(pieces), windows=len(spans))
+        per_window: dict[int, list[int]] = {}
+        for r in srows:
+            per_window.setdefault(best_window(int(rp[r]), spans), []).append(r)
+        for w, wrows in sorted(per_window.items()):
             a, b = spans[w]
-            chunk = [x[:budget] for x in words[a:b]]  # only a single over-long word is ever cut
-            offs = np.concatenate([[0], np.cumsum([len(x) for x in chunk])]) + before
-            ids = np.concatenate([prefix, np.concatenate(chunk), suffix]).astype(np.int64)
-            pos = np.asarray([p - a for p, _ in emit])
-            seqs.append(Sequence(ids, offs[pos], offs[pos + 1], np.asarray([r for _, r in emit])))
-    return seqs
+            chunk = [p[:budget] for p in pieces[a:b]]  # only a single over-long word is ever cut
+            offs = np.concatenate([[0], np.cumsum([len(c) for c in chunk])]) + n_pre
+            seq = np.concatenate([prefix, np.concatenate(chunk), suffix]).astype(np.int64)
+            extra_ids.append(seq)
+            extra_len.append(len(seq))
+            pos = rp[wrows] - a
+            row_seq[wrows] = n_seq
+            row_a[wrows] = offs[pos]
+            row_b[wrows] = offs[pos + 1]
+            n_seq += 1
+    seq_start = np.concatenate([[0], np.cumsum(np.asarray(extra_len, dtype=np.int64))])
+    return ShardPlan(np.concatenate(extra_ids), seq_start, row_seq, row_a, row_b)
 
 
-def make_batches(seqs: list[Sequence], batch_tokens: int) -> list[list[Sequence]]:
-    """Sort by length and fill batches up to ``batch_tokens`` padded positions."""
-    order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].ids), i))
-    batches: list[list[Sequence]] = []
-    current: list[Sequence] = []
-    for i in order:
-        seq = seqs[i]
-        width = len(seq.ids)  # the longest so far, since sorted
-        if current and (len(current) + 1) * width > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(seq)
-    if current:
-        batches.append(current)
-    return batches
+def make_batches(plan: ShardPlan, batch_tokens: int, pad_id: int) -> list[Batch]:
+    """Sort sequences by length and fill batches up to ``batch_tokens`` padded positions."""
+    lengths = plan.lengths
+    order = np.argsort(lengths, kind="stable")
+    groups: list[np.ndarray] = []
+    start = 0
+    for i in range(len(order)):
+        width = -(-int(lengths[order[i]]) // PAD_MULTIPLE) * PAD_MULTIPLE  # the widest so far: sorted
+        if i > start and (i - start + 1) * width > batch_tokens:
+            groups.append(order[start:i])
+            start = i
+    if len(order):
+        groups.append(order[start:])
+    batch_of_seq = np.empty(len(order), dtype=np.int64)
+    slot_of_seq = np.empty(len(order), dtype=np.int64)
+    for g, seqs in enumerate(groups):
+        batch_of_seq[seqs] = g
+        slot_of_seq[seqs] = np.arange(len(seqs))
+    row_batch = batch_of_seq[plan.row_seq]
+    row_order = np.argsort(row_batch, kind="stable")
+    bounds = np.searchsorted(row_batch[row_order], np.arange(len(groups) + 1))
+    out = []
+    for g, seqs in enumerate(groups):
+        lens = lengths[seqs]
+        width = -(-int(lens.max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        b_of_tok = np.repeat(np.arange(len(seqs)), lens)
+        t_of_tok = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        src = np.repeat(plan.seq_start[seqs], lens) + t_of_tok
+        ids[b_of_tok, t_of_tok] = plan.ids[src]
+        mask[b_of_tok, t_of_tok] = 1
+        rows = row_order[bounds[g]: bounds[g + 1]]
+        base = slot_of_seq[plan.row_seq[rows]] * width
+        out.append(Batch(ids, mask, rows, base + plan.row_a[rows], base + plan.row_b[rows] - 1))
+    return out

@@ -12,7 +12,6 @@ import os
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import torch
 
@@ -29,11 +28,11 @@ log = logging.getLogger("cluster_service.extract")
 
 class ExtractWorker:
     def __init__(self, run_dir: str, cfg: ExtractConfig, layers: list[int], threads: int = 0,
-                 model: Any = None, sink: str = "zarr"):
+                 sink: str = "zarr"):
         if threads:
             torch.set_num_threads(threads)
         self.cfg = cfg
-        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, cfg.trust_remote_code, model)
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, cfg.trust_remote_code)
         self.computer = ShardComputer(self.lm, layers, cfg.pooling, cfg.batch_tokens)
         # sink "host" drops vectors once they reach host memory: the benchmark's upper bound without storage
         self.writer = ShardWriter(RunStore(run_dir), layers) if sink == "zarr" else None

@@ -1,0 +1,231 @@
+"""Extraction throughput against its roofline and a NeuroX-style one-sentence-at-a-time baseline.
+
+Modes, all on the same sentences (a token is a stored word occurrence, one row of a layer array):
+  forward_only           the model's forward pass on the very batches extraction builds (no tokenizing,
+                         pooling, copies or storage): the compute ceiling
+  host_sink              the whole pipeline up to host memory (pinned, on a GPU), vectors then dropped
+  disk_write             whole-shard Zarr writes of the same shape from the same number of writer threads
+  full                   `extract` end to end after ingestion (tokenize, forward, pool, copy, write, fsync)
+  one_sentence_baseline  forward one sentence, .cpu(), pool in numpy, write its rows (NeuroX style)
+
+roofline = min(forward_only tokens/s, write_gbps * 1e9 / bytes_per_token), quoted on the full rows.
+
+    python benchmarks/bench_extract.py                          # CPU, packaged MiniLM, all layers and layer 6
+    python benchmarks/bench_extract.py --model random:bert-base --tokens 1500000   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import merge_rows, print_table  # noqa: E402
+
+from cluster_service.corpus import CorpusConfig  # noqa: E402
+from cluster_service.demo import fetch_demo_corpus  # noqa: E402
+from cluster_service.extract.config import ExtractConfig  # noqa: E402
+from cluster_service.extract.engine import ShardComputer  # noqa: E402
+from cluster_service.extract.model import load_model, model_shape, resolve_layers  # noqa: E402
+from cluster_service.extract.stage import make_tasks, prepare_store, run_extract  # noqa: E402
+from cluster_service.extract.worker import ExtractWorker  # noqa: E402
+from cluster_service.extract.writer import ShardWriter, create_layer_arrays, shard_ranges  # noqa: E402
+from cluster_service.store import RunStore  # noqa: E402
+
+
+def sync(lm) -> None:
+    if lm.device.type == "cuda":
+        torch.cuda.synchronize(lm.device)
+
+
+def make_corpus(workdir: Path, tokens: int) -> str:
+    """Demo sentences, repeated until the corpus holds about ``tokens`` words (whitespace words)."""
+    toks = [line.split() for line in fetch_demo_corpus().read_text().splitlines()]
+    out, n = [], 0
+    while n < tokens:
+        for t in toks:
+            out.append(" ".join(t))
+            n += len(t)
+            if n >= tokens:
+                break
+    path = workdir / "corpus.txt"
+    path.write_text("\n".join(out) + "\n")
+    return str(path)
+
+
+def forward_only(lm, tasks, layers, cfg) -> tuple[int, float]:
+    comp = ShardComputer(lm, layers, cfg.pooling, cfg.batch_tokens)
+    batches = [b for t in tasks for b in comp.batches(t)]
+    words = sum(len(b.rows) for b in batches)
+    with torch.inference_mode():
+        for b in batches[:3]:  # warm-up (kernels, allocator)
+            comp.forward(b)
+        sync(lm)
+        t0 = time.perf_counter()
+        for b in batches:
+            comp.forward(b)
+        sync(lm)
+    return words, time.perf_counter() - t0
+
+
+def pipeline(run: str, cfg, layers, tasks, sink: str) -> float:
+    worker = ExtractWorker(run, cfg, layers, threads=cfg.cpus_per_worker, sink=sink)
+    worker.process(tasks[0])  # warm-up
+    worker.flush()
+    t0 = time.perf_counter()
+    for t in tasks:
+        worker.process(t)
+    worker.flush()
+    return time.perf_counter() - t0
+
+
+def disk_write(workdir: Path, layers, n_rows: int, hidden: int, cfg) -> tuple[float, int]:
+    """GB/s that whole-shard writes (with fsync, as extraction does) reach from ``writer_threads`` threads."""
+    store = RunStore(workdir / "disk_write")
+    create_layer_arrays(store, layers, n_rows, hidden, cfg.shard_rows, cfg.chunk_rows)
+    writer = ShardWriter(store, layers)
+    ranges = shard_ranges(n_rows, cfg.shard_rows)
+    block = np.random.default_rng(0).standard_normal((len(layers), cfg.shard_rows, hidden)).astype(np.float16)
+    nxt = iter(range(len(ranges)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(nxt, None)
+            if i is None:
+                return
+            a, b = ranges[i]
+            writer.write(i, a, b, block[:, : b - a])
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=work) for _ in range(max(1, cfg.writer_threads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(store.root)
+    return seconds, n_rows * len(layers) * hidden * 2
+
+
+def one_sentence_baseline(lm, store: RunStore, layers, pooling: str, limit_rows: int,
+                          workdir: Path) -> tuple[int, float]:
+    import zarr
+
+    tok, model = lm.tokenizer, lm.model
+    tokens = store.read_tokens(["sentence_id", "position"]).to_pydict()
+    texts = store.read_sentences().column("text").to_pylist()
+    by_sent: dict[int, list[int]] = {}
+    for s, p in zip(tokens["sentence_id"], tokens["position"], strict=True):
+        by_sent.setdefault(s, []).append(p)
+    out = zarr.open_group(str(workdir / "baseline.zarr"), mode="w")
+    arrays = [out.create_array(f"layer_{layer}", shape=(limit_rows, lm.hidden_size), chunks=(1024, lm.hidden_size),
+                               dtype="float16", compressors=None) for layer in layers]
+    row = 0
+    # rows gather in a host buffer and go to Zarr a whole chunk at a time (no read-modify-write),
+    # as NeuroX writes a dataset per sentence into HDF5
+    buf = np.zeros((len(layers), 1024, lm.hidden_size), dtype=np.float16)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s, positions in by_sent.items():
+            if row + len(positions) > limit_rows:
+                break
+            words = texts[s].split(" ")
+            enc = tok(words, is_split_into_words=True, return_tensors="pt", truncation=True,
+                      max_length=lm.max_length)
+            states = model(**{k: v.to(lm.device) for k, v in enc.items()}, output_hidden_states=True).hidden_states
+            host = [states[layer][0].float().cpu().numpy() for layer in layers]  # synchronous, as NeuroX
+            wid = np.asarray([-1 if w is None else w for w in enc.word_ids(0)])
+            for j, p in enumerate(positions):
+                idx = np.flatnonzero(wid == p)
+                pick = {"first": idx[:1], "last": idx[-1:], "mean": idx}[pooling]
+                for li in range(len(layers)):
+                    buf[li, (row + j) % 1024] = host[li][pick].mean(0)
+                if (row + j) % 1024 == 1023:
+                    for li, arr in enumerate(arrays):
+                        arr[row + j - 1023: row + j + 1] = buf[li]
+            row += len(positions)
+        tail = row % 1024
+        for li, arr in enumerate(arrays):
+            arr[row - tail: row] = buf[li, :tail]
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(workdir / "baseline.zarr")
+    return row, seconds
+
+
+def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[dict]:
+    n_layers, hidden = model_shape(args.model)
+    layers = resolve_layers(layers_arg, n_layers)
+    cfg = ExtractConfig(model=args.model, layers=layers_arg, engine="local", writer_threads=args.writer_threads,
+                        batch_tokens=args.batch_tokens, shard_rows=args.shard_rows, cpus_per_worker=args.threads)
+    corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
+    run = workdir / f"run_{len(layers)}"
+    shutil.rmtree(run, ignore_errors=True)
+    manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
+    n_rows = manifest["tokens"]
+    tasks = make_tasks(RunStore(run), list(range(manifest["shards"])), cfg.shard_rows)
+    lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length)
+    gpus = 1 if lm.device.type == "cuda" else 0
+    machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
+    bpt = len(layers) * hidden * 2
+    base = {"machine": machine, "model": args.model or "all-MiniLM-L6-v2", "device": lm.device.type, "gpus": gpus,
+            "layers": len(layers), "bytes_per_token": bpt}
+    rows = []
+    words, sec = forward_only(lm, tasks, layers, cfg)
+    fwd = words / sec
+    rows.append({**base, "mode": "forward_only", "tokens": words, "seconds": sec, "tokens_per_s": fwd})
+    sec = pipeline(str(run), cfg, layers, tasks, sink="host")
+    rows.append({**base, "mode": "host_sink", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec})
+    sec, nbytes = disk_write(workdir, layers, n_rows, hidden, cfg)
+    gbps = nbytes / sec / 1e9
+    rows.append({**base, "mode": "disk_write", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec,
+                 "write_gbps": gbps, "writers": cfg.writer_threads})
+    summary = run_extract(str(run), corpus_cfg, cfg)
+    full = summary["tokens_per_s"]
+    roof = min(fwd, gbps * 1e9 / bpt)
+    rows.append({**base, "mode": "full", "tokens": n_rows, "seconds": summary["seconds"], "tokens_per_s": full,
+                 "write_gbps": gbps, "roofline_tokens_per_s": roof, "fraction_of_roofline": full / roof})
+    n, sec = one_sentence_baseline(lm, RunStore(run), layers, cfg.pooling, min(n_rows, args.baseline_rows), workdir)
+    rows.append({**base, "mode": "one_sentence_baseline", "tokens": n, "seconds": sec, "tokens_per_s": n / sec})
+    rows[3]["speedup_vs_one_sentence"] = full / (n / sec)
+    shutil.rmtree(run, ignore_errors=True)
+    del lm
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="", help="model name/path or random:bert-base (default: packaged MiniLM)")
+    ap.add_argument("--tokens", type=int, default=60_000, help="words in the benchmark corpus")
+    ap.add_argument("--cases", default="all,6", help="semicolon-free list: 'all' and/or single layer numbers")
+    ap.add_argument("--writer-threads", type=int, default=2, help="Zarr writer threads (and disk_write writers)")
+    ap.add_argument("--batch-tokens", type=int, default=16384, help="padded subword tokens per batch")
+    ap.add_argument("--shard-rows", type=int, default=16384, help="rows per Zarr shard")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--baseline-rows", type=int, default=20_000, help="rows the one-sentence baseline computes")
+    ap.add_argument("--machine", default="", help="machine name for the result rows")
+    ap.add_argument("--workdir", default="", help="scratch directory (default: a temporary one)")
+    args = ap.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_extract_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    corpus = make_corpus(workdir, args.tokens)
+    rows = []
+    for case in args.cases.split(","):
+        rows += run_case(args, [] if case == "all" else [int(case)], corpus, workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print_table(rows, ["machine", "model", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps",
+                       "roofline_tokens_per_s", "fraction_of_roofline", "speedup_vs_one_sentence"])
+    print(merge_rows("extract", rows, ("model", "gpus", "layers", "mode")))
+
+
+if __name__ == "__main__":
+    main()
