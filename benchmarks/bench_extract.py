@@ -81,9 +81,7 @@ def pipeline(run: str, cfg, layers, tasks, sink: str) -> float:
     worker.process(tasks[0])  # warm-up
     worker.flush()
     t0 = time.perf_counter()
-    for t in tasks:
-        worker.process(t)
-    worker.flush()
+    worker.process_all(tasks)
     return time.perf_counter() - t0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .model import LoadedModel
-from .sequences import Batch, ShardTask, build_plan, make_batches
+from .sequences import Batch, ShardTask, WordPieces, build_plan, make_batches, special_tokens
 
 
 def pad_id(tokenizer) -> int:
@@ -30,9 +30,12 @@ class ShardComputer:
         self.pooling = pooling
         self.batch_tokens = batch_tokens
         self.pad_id = pad_id(lm.tokenizer)
+        self.pieces = WordPieces(lm.tokenizer)
+        self.prefix, self.suffix = special_tokens(lm.tokenizer)
 
     def batches(self, task: ShardTask) -> list[Batch]:
-        plan = build_plan(task, self.lm.tokenizer, self.lm.max_length)
+        """CPU-only preparation; safe to run in another thread while the model computes."""
+        plan = build_plan(task, self.pieces, self.prefix, self.suffix, self.lm.max_length)
         return make_batches(plan, self.batch_tokens, self.pad_id)
 
     def _tensor(self, array):
@@ -48,13 +51,15 @@ class ShardComputer:
         return out.hidden_states
 
     @torch.inference_mode()
-    def compute(self, task: ShardTask) -> torch.Tensor:
+    def compute(self, task: ShardTask, batches: list[Batch] | None = None) -> torch.Tensor:
         """Every row of the shard at every requested layer, float16, on the model's device."""
+        if batches is None:
+            batches = self.batches(task)
         n_rows = task.stop - task.start
         hidden = self.lm.hidden_size
         out = torch.empty((len(self.layers), n_rows, hidden), dtype=torch.float16, device=self.lm.device)
         filled = 0
-        for batch in self.batches(task):
+        for batch in batches:
             states = self.forward(batch)
             rows = self._tensor(batch.rows)
             if self.pooling == "mean":

@@ -121,6 +121,10 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", max_length:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    if dev.type == "cuda":
+        # cuDNN attention builds a plan per new shape: with varying batch shapes it was 3x slower
+        # on first sight of each shape than flash / memory-efficient attention
+        torch.backends.cuda.enable_cudnn_sdp(False)
     tok = load_tokenizer(name, trust_remote_code)
     if name.startswith(RANDOM_PREFIX):
         torch.manual_seed(0)

@@ -57,7 +57,7 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[
     init_ray(cfg.address)
     n, resources = plan_workers(cfg)
     threads = int(resources["num_cpus"]) if "num_gpus" not in resources else 0
-    actor_cls = ray.remote(ExtractWorker).options(max_restarts=3, max_task_retries=3, **resources)
+    actor_cls = ray.remote(ExtractWorker).options(max_restarts=3, max_task_retries=3, max_concurrency=2, **resources)
     actors = [actor_cls.remote(str(store.root), cfg, layers, threads) for _ in range(n)]
     log_event(log, "ray workers", actors=n, **resources)
     attempts: dict[int, int] = {}

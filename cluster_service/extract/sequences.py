@@ -12,8 +12,8 @@ well over a million words a second, and per-word Python work would be the bottle
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 
@@ -114,30 +114,56 @@ def _fallback_id(tokenizer) -> int:
     return 0
 
 
-def build_plan(task: ShardTask, tokenizer, max_length: int) -> ShardPlan:
-    prefix, suffix = special_tokens(tokenizer)
+class WordPieces:
+    """Subword ids per word type, cached: a corpus is Zipfian, so most words of a shard were seen before.
+
+    Fast tokenizers split pre-split input word by word, so a word's pieces do not depend on its
+    neighbours and a cache is exact (the tests compare against transformers' own word_ids).
+    """
+
+    def __init__(self, tokenizer, max_entries: int = 2_000_000):
+        self.tokenizer = tokenizer
+        self.cache: dict[str, np.ndarray] = {}
+        self.max_entries = max_entries
+        self.fallback = np.asarray([_fallback_id(tokenizer)], dtype=np.int64)
+        self.lock = threading.Lock()  # two shards may be prepared at once
+
+    def pieces(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        """Pieces of every word, flattened over sentences (a word with no piece gets an empty array)."""
+        with self.lock:
+            return self._pieces(sentences)
+
+    def _pieces(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        cache = self.cache
+        new = list({w for s in sentences for w in s if w not in cache})
+        if new:
+            if len(cache) + len(new) > self.max_entries:
+                cache.clear()
+            enc = self.tokenizer([[w] for w in new], is_split_into_words=True, add_special_tokens=False)
+            for w, ids in zip(new, enc["input_ids"], strict=True):
+                cache[w] = np.asarray(ids, dtype=np.int64)
+        return [cache[w] for s in sentences for w in s]
+
+
+def build_plan(task: ShardTask, pieces_of: WordPieces, prefix: list[int], suffix: list[int],
+               max_length: int) -> ShardPlan:
     n_pre, n_suf = len(prefix), len(suffix)
     budget = max_length - n_pre - n_suf
     sents = task.sentences
-    enc = tokenizer(sents, is_split_into_words=True, add_special_tokens=False)
-    sub_counts = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(sents))
-    n_sub = int(sub_counts.sum())
-    flat_ids = np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=n_sub)
-    flat_wid = np.fromiter((-1 if w is None else w for i in range(len(sents)) for w in enc.word_ids(i)),
-                           dtype=np.int64, count=n_sub)
+    word_pieces = pieces_of.pieces(sents)
+    piece_len = np.fromiter((len(p) for p in word_pieces), dtype=np.int64, count=len(word_pieces))
+    flat_ids = np.concatenate(word_pieces) if word_pieces else np.zeros(0, np.int64)
     word_counts = np.fromiter((len(s) for s in sents), dtype=np.int64, count=len(sents))
     word_off = np.concatenate([[0], np.cumsum(word_counts)])
-    sub_off = np.concatenate([[0], np.cumsum(sub_counts)])
+    piece_off = np.concatenate([[0], np.cumsum(piece_len)])
+    sub_off = piece_off[word_off]
+    sub_counts = np.diff(sub_off)
     sent_of_sub = np.repeat(np.arange(len(sents)), sub_counts)
-    key = word_off[sent_of_sub] + flat_wid  # global word index of every subword
-    first = np.full(int(word_off[-1]) + 1, -1, dtype=np.int64)
-    last = np.full_like(first, -1)
-    uniq, idx_first = np.unique(key, return_index=True)
-    idx_last = np.r_[idx_first[1:], n_sub] - 1
-    first[uniq], last[uniq] = idx_first, idx_last
-    has_pieces = first[: word_off[-1]] >= 0
-    complete = np.add.reduceat(has_pieces, word_off[:-1]) == word_counts if len(sents) else np.zeros(0, bool)
-    complete &= flat_wid.min(initial=0) >= 0
+    first = piece_off[:-1]  # of every word, in the flat subword array
+    last = piece_off[1:] - 1
+    complete = np.ones(len(sents), dtype=bool)
+    if (piece_len == 0).any():  # such sentences take the slow path, which substitutes a fallback id
+        complete = np.minimum.reduceat(piece_len, word_off[:-1]) > 0 if len(sents) else complete
     simple = complete & (sub_counts <= budget)  # one sequence, the common case
 
     # simple sentences: prefix + subwords + suffix, laid out with array arithmetic
@@ -174,12 +200,11 @@ def build_plan(task: ShardTask, tokenizer, max_length: int) -> ShardPlan:
     by_sentence: dict[int, list[int]] = {}
     for r in hard_rows.tolist():
         by_sentence.setdefault(int(rs[r]), []).append(r)
-    fallback = _fallback_id(tokenizer)
     for s, srows in by_sentence.items():
         pieces = []
         for w in range(int(word_counts[s])):
             g = word_off[s] + w
-            pieces.append(flat_ids[first[g]: last[g] + 1] if first[g] >= 0 else np.asarray([fallback]))
+            pieces.append(word_pieces[g] if piece_len[g] else pieces_of.fallback)
         lengths = np.asarray([len(p) for p in pieces])
         spans = [(0, len(pieces))] if lengths.sum() <= budget else windows(lengths, budget)
         log_event(log, "sentence windowed", level=logging.DEBUG, words=len(pieces), windows=len(spans))

@@ -153,7 +153,5 @@ def run_local(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: lis
 
     worker = ExtractWorker(str(store.root), cfg, layers, threads=cfg.cpus_per_worker)
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
-        for task in tasks:
-            bar.update(worker.process(task))
-        worker.flush()
+        worker.process_all(tasks, bar)
 

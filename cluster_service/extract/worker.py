@@ -40,6 +40,7 @@ class ExtractWorker:
         self.pool = ThreadPoolExecutor(max_workers=n_writers, thread_name_prefix="zarr-writer")
         self.slots = threading.BoundedSemaphore(n_writers + 1)  # shards computed but not yet written
         self.pending: list[Future] = []
+        self.model_lock = threading.Lock()
         self.cuda = self.lm.device.type == "cuda"
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(device=self.lm.device)
@@ -52,12 +53,18 @@ class ExtractWorker:
         return os.getpid()
 
     def process(self, task: ShardTask) -> int:
-        """Compute one shard and queue its write; returns the shard's row count."""
+        """Compute one shard and queue its write; returns the shard's row count.
+
+        Thread-safe: preparation (tokenizing, planning batches) runs outside the model lock, so with
+        two callers one shard is prepared on the CPU while the other is on the model.
+        """
+        batches = self.computer.batches(task)
         self.slots.acquire()
         try:
-            out = self.computer.compute(task)
-            if self.cuda:
-                host = self._to_host(out)
+            with self.model_lock:
+                out = self.computer.compute(task, batches)
+                host = self._to_host(out) if self.cuda else None
+            if host is not None:
                 fut = self.pool.submit(self._write_from_host, task, *host)
             else:
                 fut = self.pool.submit(self._write, task, out.numpy())
@@ -65,9 +72,18 @@ class ExtractWorker:
             self.slots.release()
             raise
         fut.add_done_callback(lambda _: self.slots.release())
-        self.pending.append(fut)
-        self._raise_failed()
+        with self.model_lock:
+            self.pending.append(fut)
+            self._raise_failed()
         return task.stop - task.start
+
+    def process_all(self, tasks: list[ShardTask], progress=None) -> None:
+        """Run shards with preparation overlapping compute, then wait until all are durable."""
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard") as pool:
+            for n in pool.map(self.process, tasks):
+                if progress is not None:
+                    progress.update(n)
+        self.flush()
 
     def _to_host(self, out: torch.Tensor):
         buf = self.host_buffers.get()
@@ -104,8 +120,8 @@ class ExtractWorker:
 
     def flush(self) -> int:
         """Block until every queued shard is written and marked; returns how many were pending."""
-        n = len(self.pending)
-        for fut in self.pending:
+        with self.model_lock:
+            pending, self.pending = self.pending, []
+        for fut in pending:
             fut.result()
-        self.pending = []
-        return n
+        return len(pending)
