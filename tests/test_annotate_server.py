@@ -16,9 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from cluster_service.annotate.budget import estimate_tokens
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.fixtures import concept_table
-from cluster_service.annotate.stage import annotate_run
+from cluster_service.annotate.stage import annotate_run, build_tasks
 from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
 from cluster_service.errors import UserError
 from cluster_service.store import CONCEPT_SCHEMA, RunStore
@@ -263,5 +264,10 @@ def test_dry_run_calls_nothing_and_writes_nothing(fake, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "12 calls to make" in proc.stdout and "estimated cost" in proc.stdout
+    cfg = config(fake, dry_run=True, input_price_per_mtok=1.0, output_price_per_mtok=2.0, max_tokens=50)
+    est = annotate_run(store, LAYER, 12, cfg)
+    prompt = sum(estimate_tokens(t.request["messages"]) for t in build_tasks(cfg, rows(store, 12)))
+    assert est["calls"] == 12 and est["est_prompt_tokens"] == prompt and est["est_tokens"] == prompt + 600
+    assert est["est_cost_usd"] == pytest.approx((prompt * 1.0 + 600 * 2.0) / 1e6)
     assert fake.log() == [] and not store.annotations_db.exists()
     assert store.concepts_path(LAYER, 12).read_bytes() == before

@@ -21,6 +21,8 @@ from cluster_service.annotate.prompts import (
 )
 from cluster_service.annotate.ratelimit import RateLimiter
 from cluster_service.annotate.testing_server import max_in_window, max_sum_in_window
+from cluster_service.annotate.usage import Usage, model_price
+from cluster_service.errors import UserError
 
 pytestmark = pytest.mark.unit
 
@@ -133,3 +135,19 @@ def test_limiter_tokens_corrected_from_usage():
 
     fast, slow = asyncio.run(go())
     assert fast < 0.1 and slow > 0.5
+
+
+def test_price_table_and_cost(tmp_path):
+    assert model_price("gpt-4o-mini", None, None, None) == (0.15, 0.60)
+    assert model_price("my-local-llama", None, None, None) is None
+    table = tmp_path / "prices.json"
+    table.write_text('{"my-local-llama": {"input_per_mtok": 0, "output_per_mtok": 0}, '
+                     '"gpt-4o-mini": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}')
+    assert model_price("gpt-4o-mini", str(table), None, None) == (1.0, 2.0)
+    assert model_price("my-local-llama", str(table), None, 5.0) == (0.0, 5.0)
+    assert Usage(prompt_tokens=2_000_000, completion_tokens=500_000).cost((1.0, 2.0)) == pytest.approx(3.0)
+    assert Usage(prompt_tokens=10).cost(None) is None
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"m": {"input": 1}}')
+    with pytest.raises(UserError):
+        model_price("m", str(bad), None, None)

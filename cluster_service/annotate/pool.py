@@ -9,6 +9,7 @@ stops every coroutine before its next send.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import sys
@@ -19,12 +20,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..logs import log_event
 from .backends import FATAL, PERMANENT, REFUSED, CallError, OpenAIBackend
 from .budget import estimate_tokens
 from .cache import Reply, ReplyCache, request_key
 from .prompts import ReplyError, parse_reply
 from .ratelimit import RateLimiter
 from .usage import Usage
+
+log = logging.getLogger("cluster_service.annotate")
 
 
 @dataclass
@@ -132,6 +136,9 @@ class AnnotationPool:
                     self.cache.put(key, self.backend.name, self.backend.model, request, reply)
                 except CallError as exc:
                     if exc.action == FATAL:
+                        if self.fatal is None:
+                            log_event(log, "stopping: the endpoint refuses every request", logging.ERROR,
+                                      reason=exc.reason)
                         self.fatal = self.fatal or exc
                         out.error = exc.reason
                         break
@@ -148,7 +155,10 @@ class AnnotationPool:
                     if attempts > self.settings.max_retries:
                         continue
                     self.usage.retries += 1
-                    await asyncio.sleep(self._backoff(attempts, exc.retry_after))
+                    delay = self._backoff(attempts, exc.retry_after)
+                    log_event(log, "retry", logging.DEBUG, concept=task.concept, attempt=attempts,
+                              reason=exc.reason, delay_s=delay)
+                    await asyncio.sleep(delay)
                     continue
                 finally:
                     del self._inflight[key]
