@@ -237,3 +237,50 @@ def test_bad_inputs_give_one_clear_line(tmp_path, capsys):
     err = one_line_error(capsys, ["extract", run, "--corpus-path", good, "--layers", "9"])
     assert "9" in err and "0..6" in err
     assert not (tmp_path / "run" / "run.json").exists()  # nothing half-made survives a refused input
+
+
+@pytest.fixture(scope="module")
+def tiny_decoder(tmp_path_factory) -> str:
+    """A GPT-2-style decoder (random weights) with a byte-level BPE tokenizer trained here: no hub needed."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    path = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 20 + demo_lines(200), vocab_size=400, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    tok = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>")
+    tok.save_pretrained(path)
+    torch.manual_seed(0)
+    GPT2Model(GPT2Config(vocab_size=len(tok), n_positions=24, n_embd=32, n_layer=2, n_head=2)).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.integration
+def test_decoder_model_without_special_tokens(tmp_path, tiny_decoder):
+    from transformers import AutoModel, AutoTokenizer
+
+    corpus = write_corpus(tmp_path / "c.txt", SENTENCES)
+    run = tmp_path / "run"
+    run_extract(str(run), CorpusConfig(path=corpus), ExtractConfig(model=tiny_decoder, engine="local"))
+    store = RunStore(run)
+    assert store.read_manifest()["layers"] == [0, 1, 2]
+    hf = (AutoModel.from_pretrained(tiny_decoder).eval(), AutoTokenizer.from_pretrained(tiny_decoder,
+                                                                                      add_prefix_space=True))
+    assert hf[1](["a"], is_split_into_words=True)["input_ids"] == hf[1](["a"], is_split_into_words=True,
+                                                                       add_special_tokens=False)["input_ids"]
+    arrays = np.stack([stored(store, layer) for layer in range(3)])
+    texts = store.read_sentences().column("text").to_pylist()
+    checked = windowed = 0
+    for sid, rows in rows_by_sentence(store).items():
+        words = texts[sid].split(" ")
+        n_sub = sum(len(hf[1].tokenize(" " + w)) for w in words)
+        if n_sub > 24:  # longer than the model's 24 positions: windowed, checked by the encoder test
+            windowed += 1
+            continue
+        ref = reference(hf, words, "last")
+        for pos, row in rows:
+            np.testing.assert_allclose(arrays[:, row].astype(np.float32), ref[:, pos], rtol=2e-2, atol=2e-2)
+            checked += 1
+    assert checked >= 5 and windowed >= 1
