@@ -200,6 +200,78 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     return rows
 
 
+def ray_host_sink(run: str, cfg, layers, tasks, gpus: int) -> tuple[int, float]:
+    """Actors up to pinned host memory, vectors dropped: rows/s after each actor's warm-up shard."""
+    import ray
+
+    from cluster_service.extract.worker import ExtractWorker
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // gpus)
+    actor_cls = ray.remote(ExtractWorker).options(num_gpus=1, num_cpus=cpus, max_concurrency=2)
+    actors = [actor_cls.remote(run, cfg, layers, 0, "host") for _ in range(gpus)]
+    ray.get([a.process.remote(tasks[i]) for i, a in enumerate(actors)])
+    queue, inflight, rows = list(tasks[gpus:]), {}, 0
+    t0 = time.perf_counter()
+    while queue or inflight:
+        for i, a in enumerate(actors):
+            while queue and sum(1 for v in inflight.values() if v == i) < 2:
+                inflight[a.process.remote(queue.pop(0))] = i
+        ready, _ = ray.wait(list(inflight), num_returns=1)
+        inflight.pop(ready[0])
+        rows += ray.get(ready[0])
+    seconds = time.perf_counter() - t0
+    for a in actors:
+        ray.kill(a)
+    return rows, seconds
+
+
+def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts: list[int]) -> list[dict]:
+    """Scaling over GPUs of one host: host_sink and full (Zarr) with Ray actors, one per GPU."""
+    import dataclasses
+
+    import ray
+
+    from cluster_service.extract.ray_pool import init_ray
+
+    n_layers, hidden = model_shape(args.model)
+    layers = resolve_layers(layers_arg, n_layers)
+    cfg = ExtractConfig(model=args.model, layers=layers_arg, engine="ray", writer_threads=args.writer_threads,
+                        batch_tokens=args.batch_tokens, shard_rows=args.shard_rows)
+    corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
+    run = workdir / "run_gpus"
+    shutil.rmtree(run, ignore_errors=True)
+    manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
+    tasks = make_tasks(RunStore(run), list(range(manifest["shards"])), cfg.shard_rows)
+    init_ray()
+    visible = int(ray.cluster_resources().get("GPU", 0))
+    machine = args.machine or f"{visible}x {torch.cuda.get_device_name(0)}"
+    bpt = len(layers) * hidden * 2
+    rows: list[dict] = []
+    for g in gpu_counts:
+        base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
+                "bytes_per_token": bpt}
+        n, sec = ray_host_sink(str(run), cfg, layers, tasks, g)
+        rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec})
+        writers = dataclasses.replace(cfg, writer_threads=g * cfg.writer_threads)
+        sec, nbytes = disk_write(workdir, layers, manifest["tokens"], hidden, writers)
+        gbps = nbytes / sec / 1e9
+        rows.append({**base, "mode": "disk_write", "tokens": manifest["tokens"], "seconds": sec,
+                     "tokens_per_s": manifest["tokens"] / sec, "write_gbps": gbps, "writers": writers.writer_threads})
+        full_run = workdir / f"full_{g}"
+        shutil.copytree(run, full_run)  # tables and empty arrays: no re-ingestion; extract resumes it
+        summary = run_extract(str(full_run), corpus_cfg, dataclasses.replace(cfg, workers=g))
+        rate = summary.get("steady_tokens_per_s") or summary["tokens_per_s"]
+        rows.append({**base, "mode": "full", "tokens": summary["tokens"], "seconds": summary["seconds"],
+                     "tokens_per_s": rate, "write_gbps": gbps, "write_fraction_of_disk": rate * bpt / 1e9 / gbps})
+        shutil.rmtree(full_run, ignore_errors=True)
+    one = {r["mode"]: r["tokens_per_s"] for r in rows if r["gpus"] == gpu_counts[0]}
+    for r in rows:
+        if r["mode"] in one and r["gpus"] != gpu_counts[0]:
+            r[f"scaling_vs_{gpu_counts[0]}_gpu"] = r["tokens_per_s"] / one[r["mode"]]
+    shutil.rmtree(run, ignore_errors=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="model name/path or random:bert-base (default: packaged MiniLM)")
@@ -212,16 +284,23 @@ def main() -> None:
     ap.add_argument("--baseline-rows", type=int, default=20_000, help="rows the one-sentence baseline computes")
     ap.add_argument("--machine", default="", help="machine name for the result rows")
     ap.add_argument("--workdir", default="", help="scratch directory (default: a temporary one)")
+    ap.add_argument("--gpus", default="", help="GPU counts for the Ray scaling runs, e.g. 1,2,4 (host_sink, "
+                    "disk_write, full per count; replaces the single-process modes)")
     args = ap.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_extract_"))
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(workdir, args.tokens)
     rows = []
     for case in args.cases.split(","):
-        rows += run_case(args, [] if case == "all" else [int(case)], corpus, workdir)
+        layers = [] if case == "all" else [int(case)]
+        if args.gpus:
+            rows += run_gpus(args, layers, corpus, workdir, [int(g) for g in args.gpus.split(",")])
+        else:
+            rows += run_case(args, layers, corpus, workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    print_table(rows, ["machine", "model", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps",
-                       "roofline_tokens_per_s", "fraction_of_roofline", "speedup_vs_one_sentence"])
+    print_table(rows, ["machine", "model", "gpus", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps",
+                       "roofline_tokens_per_s", "fraction_of_roofline", "speedup_vs_one_sentence",
+                       "write_fraction_of_disk", "scaling_vs_1_gpu"])
     print(merge_rows("extract", rows, ("model", "gpus", "layers", "mode")))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import ray
 
@@ -51,7 +52,8 @@ def plan_workers(cfg: ExtractConfig) -> tuple[int, dict]:
     return n, {"num_cpus": per}
 
 
-def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[ShardTask], rows: int) -> None:
+def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[ShardTask], rows: int) -> dict:
+    """Run ``tasks`` on actors; returns the steady-state rate (rows after each actor's first shard)."""
     from .worker import ExtractWorker
 
     init_ray(cfg.address)
@@ -62,9 +64,10 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[
     log_event(log, "ray workers", actors=n, **resources)
     attempts: dict[int, int] = {}
     todo = list(tasks)
+    clock = Clock(warm=len(actors))
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
         while todo:
-            actors = _run_round(actors, todo, attempts, bar)
+            actors = _run_round(actors, todo, attempts, bar, clock)
             finished = done_shards(store)
             todo = [t for t in todo if t.shard not in finished]
             for t in todo:
@@ -74,9 +77,34 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[
                 log_event(log, "retrying shards", level=logging.WARNING, shards=[t.shard for t in todo])
     for a in actors:
         ray.kill(a)
+    return {"steady_tokens_per_s": clock.rate()}
 
 
-def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], bar) -> list:
+class Clock:
+    """Rows per second after start-up: counted from the moment every actor has finished a shard."""
+
+    def __init__(self, warm: int):
+        self.warm = warm
+        self.seen = 0
+        self.t0: float | None = None
+        self.rows = 0
+
+    def tick(self, rows: int) -> None:
+        self.seen += 1
+        if self.t0 is None:
+            if self.seen >= self.warm:
+                self.t0 = time.perf_counter()
+        else:
+            self.rows += rows
+            self.t1 = time.perf_counter()
+
+    def rate(self) -> float | None:
+        if self.t0 is None or not self.rows:
+            return None
+        return round(self.rows / (self.t1 - self.t0), 1)
+
+
+def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], bar, clock: Clock) -> list:
     queue = list(todo)
     inflight: dict = {}  # ref -> (actor index, task)
     load = [0] * len(actors)
@@ -97,7 +125,9 @@ def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], ba
         i, task = inflight.pop(ready[0])
         load[i] -= 1
         try:
-            bar.update(ray.get(ready[0]))
+            n_rows = ray.get(ready[0])
+            bar.update(n_rows)
+            clock.tick(n_rows)
             strikes[i] = 0
         except ray.exceptions.RayError as exc:
             # a killed actor is restarted by Ray and its calls resume; one that keeps failing is dropped

@@ -126,6 +126,7 @@ def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[
     log_event(log, "extract plan", shards=len(ranges), done=len(done), todo=len(todo), engine=cfg.engine)
     t0 = time.perf_counter()
     rows_todo = sum(ranges[i][1] - ranges[i][0] for i in todo)
+    stats: dict[str, Any] = {}
     if todo:
         store.set_stage("extract", "running")
         tasks = make_tasks(store, todo, manifest["shard_rows"])
@@ -134,7 +135,7 @@ def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[
         else:
             from .ray_pool import run_ray
 
-            run_ray(store, cfg, layers, tasks, rows_todo)
+            stats = run_ray(store, cfg, layers, tasks, rows_todo)
     missing = sorted(set(range(len(ranges))) - done_shards(store))
     if missing:
         raise RuntimeError(f"extract: shards {missing[:10]} were not completed")
@@ -142,7 +143,7 @@ def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[
     store.set_stage("extract", "done", shards=len(ranges))
     summary = {"run": str(store.root), "tokens": manifest["tokens"], "layers": layers,
                "shards_computed": len(todo), "rows_computed": rows_todo, "seconds": round(seconds, 3),
-               "tokens_per_s": round(rows_todo / seconds, 1) if todo and seconds else None}
+               "tokens_per_s": round(rows_todo / seconds, 1) if todo and seconds else None, **stats}
     log_event(log, "extract done", **summary)
     return summary
 
