@@ -1,0 +1,278 @@
+"""Ray jobs end to end: a real `ray start --head` on loopback, the pipeline submitted with
+`cluster-service submit`, followed with `logs --follow` and `status`, and an extraction actor killed
+mid-job. The head is this module's own (own ports, own --temp-dir, token auth on) and is stopped by
+killing the processes it started, never with `ray stop`, which would stop every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from cluster_service.errors import UserError
+from cluster_service.jobs.paths import shared_run_path
+from cluster_service.store import RunStore
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "alpha beta gamma delta river mountain quickly slowly London Paris walked running".split()
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Head:
+    """A Ray head of our own, reachable at ``address`` with token ``token``."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(16)
+        self.temp_dir = tempfile.mkdtemp(prefix="rjh", dir="/tmp")  # short: Ray's socket paths have a limit
+        gcs, dash, client, nm, om, agent, agent_grpc, renv, metrics = free_ports(9)
+        self.address = f"http://127.0.0.1:{dash}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0")
+        cmd = [shutil.which("ray") or str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+               f"--port={gcs}", "--node-ip-address=127.0.0.1", "--include-dashboard=true",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+               f"--node-manager-port={nm}", f"--object-manager-port={om}",
+               f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+               f"--runtime-env-agent-port={renv}", f"--metrics-export-port={metrics}",
+               "--num-cpus=2", "--num-gpus=0", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
+        self.log = open(Path(self.temp_dir) / "ray_start.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_up(dash)
+
+    def _wait_up(self, port: int) -> None:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(Path(self.temp_dir) / 'ray_start.log').read_text()}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # up, and asking for a token
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("the Ray dashboard did not come up in 90 s")
+
+    def processes(self) -> list[psutil.Process]:
+        """Everything this head started: the `ray start` process and its descendants."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.log.close()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    h = Head()
+    yield h
+    h.stop()
+
+
+def client_env(token: str | None) -> dict[str, str]:
+    """The user's shell: no RAY_AUTH_MODE (our client must switch token mode on itself)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    if token is not None:
+        env["RAY_AUTH_TOKEN"] = token
+    return env
+
+
+def cs(*args: str, token: str | None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cluster_service.cli", *args], env=client_env(token), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_job(tmp_path: Path, n_sentences: int) -> Path:
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(WORDS, size=int(rng.integers(4, 12))))
+                                for _ in range(n_sentences)) + "\n")
+    config = tmp_path / "job.toml"
+    config.write_text(f'[corpus]\npath = "{corpus}"\n\n[extract]\nlayers = [0, 6]\nshard_rows = 128\n'
+                      'chunk_rows = 64\n\n[cluster]\nk = [5]\n\n[annotate]\nbackend = "baseline"\nprogress = false\n')
+    return config
+
+
+def submit(head: Head, config: Path, run: Path) -> str:
+    out = cs("submit", str(config), "--address", head.address, "--run", str(run), "--env", "HF_HUB_OFFLINE=1",
+             token=head.token)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    assert job.startswith("raysubmit_"), out.stdout
+    return job
+
+
+def follow(head: Head, job: str) -> str:
+    logs = cs("logs", job, "--address", head.address, "--follow", token=head.token)
+    status = cs("status", job, "--address", head.address, token=head.token)
+    assert logs.returncode == 0 and status.returncode == 0, logs.stdout[-3000:] + logs.stderr[-2000:]
+    assert status.stdout.split()[:2] == [job, "SUCCEEDED"], status.stdout
+    return logs.stdout
+
+
+def stored_concepts(run: Path) -> dict:
+    store = RunStore(run)
+    out = {f"layer_{layer}": np.asarray(store.layer_array(layer)[:]) for layer in store.read_manifest()["layers"]}
+    out["tokens"] = store.read_tokens().to_pydict()
+    for layer in (0, 6):
+        table = store.read_concepts(layer, 5)
+        out[f"concepts_{layer}"] = table.select([c for c in table.column_names if c != "label_raw"]).to_pydict()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_job(head, tmp_path_factory):
+    """One uninterrupted pipeline job on 400 sentences: the store every other job is compared with."""
+    tmp = tmp_path_factory.mktemp("job_ref")
+    config, run = write_job(tmp, 400), tmp / "run"
+    log = follow(head, submit(head, config, run))
+    return config, run, log
+
+
+@pytest.mark.acceptance
+def test_pipeline_job_succeeds_and_fills_the_store(reference_job):
+    _, run, log = reference_job
+    assert "pipeline done" in log
+    assert "Started a local Ray instance" not in log  # the job joined the cluster it was submitted to
+    stages = RunStore(run).read_manifest()["stages"]
+    assert stages["extract"]["status"] == "done"
+    for layer in (0, 6):
+        assert stages[f"cluster:layer_{layer}"]["status"] == "done"
+        table = RunStore(run).read_concepts(layer, 5)
+        assert table.num_rows == 5
+        labels = table.column("label").to_pylist()
+        assert all(isinstance(label, str) and label for label in labels), labels
+    assert any(name.startswith("annotate") and entry["status"] == "done" for name, entry in stages.items())
+
+
+def kill_one_extract_actor(head: Head, run: Path, killed: list[tuple[int, int]]) -> None:
+    """SIGKILL this head's extraction actor once two shards are durable (never another test's actor)."""
+    done_dir = RunStore(run).done_dir
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        done = len(list(done_dir.glob("shard_*"))) if done_dir.is_dir() else 0
+        if done >= 2:
+            for p in head.processes():
+                try:
+                    if any("ExtractWorker" in part for part in p.cmdline()):
+                        p.send_signal(signal.SIGKILL)
+                        killed.append((p.pid, done))
+                        return
+                except psutil.NoSuchProcess:
+                    continue
+        time.sleep(0.02)
+
+
+@pytest.mark.acceptance
+def test_killed_extract_actor_job_still_succeeds_with_identical_store(head, reference_job, tmp_path):
+    config, ref_run, _ = reference_job
+    run = tmp_path / "run"
+    killed: list[tuple[int, int]] = []
+    killer = threading.Thread(target=kill_one_extract_actor, args=(head, run, killed), daemon=True)
+    killer.start()
+    follow(head, submit(head, config, run))
+    killer.join(timeout=5)
+    assert killed, "no extraction actor was killed: the test did not exercise recovery"
+    assert killed[0][1] < RunStore(run).read_manifest()["shards"], "the kill must land mid-extraction"
+    a, b = stored_concepts(ref_run), stored_concepts(run)
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], np.ndarray):
+            assert np.array_equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.integration
+def test_wrong_token_and_unreachable_address_are_one_line_errors(head, tmp_path):
+    config = write_job(tmp_path, 10)
+    for args, token, needle in (
+        (("status", "raysubmit_x", "--address", head.address), "not-the-token", "authentication"),
+        (("submit", str(config), "--address", head.address, "--run", str(tmp_path / "r")), None, "authentication"),
+        (("logs", "raysubmit_x", "--address", f"http://127.0.0.1:{free_ports(1)[0]}"), head.token, "cannot reach"),
+        (("status", "raysubmit_nosuchjob", "--address", head.address), head.token, "nosuchjob"),
+    ):
+        out = cs(*args, token=token, timeout=120)
+        err = out.stderr.strip()
+        assert out.returncode == 2, (args, out.stdout, err)
+        assert "Traceback" not in err and needle in err.splitlines()[-1].lower(), err
+
+
+@pytest.mark.unit
+def test_run_store_must_be_a_shared_posix_path():
+    assert shared_run_path("/shared/runs/demo") == "/shared/runs/demo"
+    for url in ("s3://bucket/run", "gs://bucket/run", "file:///tmp/run"):
+        with pytest.raises(UserError, match="URLs are not supported yet"):
+            shared_run_path(url)
+    with pytest.raises(UserError, match="absolute path"):
+        shared_run_path("runs/demo")
+
+
+@pytest.mark.integration
+def test_bad_submissions_fail_before_contacting_the_cluster(tmp_path):
+    config = write_job(tmp_path, 10)
+    nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("[cluster]\nkk = [5]\n")
+    for args, needle in (
+        (("submit", str(config), "--address", nowhere, "--run", "s3://bucket/run"), "s3://bucket/run"),
+        (("submit", str(config), "--address", nowhere, "--run", "runs/x"), "absolute path"),
+        (("submit", str(bad_config), "--address", nowhere, "--run", str(tmp_path / "r")), "kk"),
+        (("submit", str(config), "--address", nowhere, "--run", str(tmp_path / "r"), "--working-dir", str(tmp_path)),
+         "ray_jobs/pipeline.py"),
+        (("submit", str(config), "--address", nowhere, "--run", str(tmp_path / "r"), "--", "--cluster-k", "five"),
+         "--cluster-k"),
+    ):
+        out = cs(*args, token=None, timeout=60)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "Traceback" not in out.stderr and needle in out.stderr.strip().splitlines()[-1], out.stderr
+
+
+@pytest.mark.integration
+def test_job_script_refuses_a_url_or_relative_run_inside_a_job(tmp_path):
+    config = write_job(tmp_path, 10)
+    env = {**client_env(None), "RAY_ADDRESS": "127.0.0.1:1"}  # as Ray sets it in a job's driver
+    for run, needle in (("s3://bucket/run", "not supported"), ("runs/x", "absolute path")):
+        out = subprocess.run([sys.executable, "ray_jobs/pipeline.py", "--config", str(config), run], env=env,
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
