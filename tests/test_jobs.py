@@ -92,7 +92,7 @@ class Head:
                 p.terminate()
             except psutil.NoSuchProcess:
                 pass
-        _, alive = psutil.wait_procs(procs, timeout=15)
+        _, alive = psutil.wait_procs(procs, timeout=5)
         for p in alive:
             try:
                 p.kill()
@@ -221,6 +221,21 @@ def test_killed_extract_actor_job_still_succeeds_with_identical_store(head, refe
             assert np.array_equal(a[key], b[key]), key
         else:
             assert a[key] == b[key], key
+
+
+@pytest.mark.acceptance
+def test_stage_scripts_with_the_ray_cli(head, reference_job):
+    """`ray job submit ... -- python ray_jobs/cluster.py` and `annotate.py` on the reference run, at a new K."""
+    config, run, _ = reference_job
+    env = {**client_env(head.token), "RAY_AUTH_MODE": "token"}
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    for script, extra in (("cluster.py", ["--k", "3"]), ("annotate.py", ["--layer", "6", "--k", "3"])):
+        out = subprocess.run([ray_cli, "job", "submit", "--address", head.address, "--working-dir", str(REPO),
+                              "--", "python", f"ray_jobs/{script}", str(run), "--config", str(config), *extra],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+    labels = RunStore(run).read_concepts(6, 3).column("label").to_pylist()
+    assert len(labels) == 3 and all(labels), labels
 
 
 @pytest.mark.integration
