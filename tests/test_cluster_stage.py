@@ -186,10 +186,15 @@ def test_user_errors(tmp_path):
 
 @pytest.mark.acceptance
 def test_cli(tmp_path, capsys):
-    x, _ = blobs(n=500, d=8)
+    x, truth = blobs(n=500, d=8)
     store = make_store(tmp_path, x, shard=128)
     assert cli_main(["cluster", str(tmp_path), "--layer", "3", "--k", "4,12", "--micro", "60"]) == 0
     assert json.loads(capsys.readouterr().out)["3"]["k"] == [4, 12]
     assert store.read_concepts(3, 12).num_rows == 12
     assert cli_main(["cluster", str(tmp_path), "--k", "9999"]) == 2
     assert "more clusters than tokens" in capsys.readouterr().err
+    # default rule on a small layer: every token a leaf, kNN-graph Ward below --dense-max
+    assert cli_main(["cluster", str(tmp_path), "--k", "6", "--dense-max", "100", "--neighbors", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["3"]["micro"] == 500
+    labels = np.load(store.clusters_dir(3) / "labels_k6.npy")
+    assert adjusted_rand_score(truth, labels) == 1.0

@@ -4,10 +4,12 @@ Files under ``clusters/layer_{L}/`` (each written atomically, recorded in ``stat
 settings that produced it, so a rerun with the same settings skips it and a changed setting redoes
 only what depends on it):
 
-- ``kmeans_centroids.npy``  float32 [M, D]  k-means centroids (skipped for exact Ward)
-- ``token_micro.npy``       int32 [N]       token → micro-cluster (identity for exact Ward)
-- ``micro_sizes.npy`` int64 [M], ``micro_sums.npy`` float64 [M, D], ``micro_centroids.npy`` float64 [M, D]
-- ``linkage.npy``           float64 [M−1, 4] scipy-format Ward linkage over the micro-clusters
+- ``kmeans_centroids.npy``  float32 [M, D]  k-means centroids (only when M < N)
+- ``token_micro.npy``       int32 [N]       token → leaf of the tree (the identity when every token is a
+                                            leaf: exact Ward, or approx with M = N)
+- ``micro_sizes.npy``       int64 [M]       tokens per leaf
+- ``micro_sums.npy``, ``micro_centroids.npy`` float64 [M, D] (only when M < N: else the tokens themselves)
+- ``linkage.npy``           float64 [M−1, 4] scipy-format Ward linkage over the leaves
 - ``labels_k{K}.npy``       int32 [N]       token → concept at K (concept 0 is the largest)
 - ``quality.json``          the ``--evaluate`` report
 """
@@ -110,6 +112,9 @@ def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: Layer
         return part, key
     if cfg.method == "exact" or m >= source.n:
         part = identity_partition(read_rows(source, np.arange(source.n), where))
+        for name in names[:2]:
+            if not ldir.have(name, key):
+                ldir.save(name, part.token_micro if name == names[0] else part.sizes, key)
         return part, key
     if ldir.have("kmeans_centroids.npy", key):
         cents = ldir.load("kmeans_centroids.npy")
