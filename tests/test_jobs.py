@@ -7,6 +7,7 @@ killing the processes it started, never with `ray stop`, which would stop every 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -14,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -185,35 +185,49 @@ def test_pipeline_job_succeeds_and_fills_the_store(reference_job):
     assert any(name.startswith("annotate") and entry["status"] == "done" for name, entry in stages.items())
 
 
-def kill_one_extract_actor(head: Head, run: Path, killed: list[tuple[int, int]]) -> None:
-    """SIGKILL this head's extraction actor once two shards are durable (never another test's actor)."""
+def wait_for_shards(run: Path, n: int) -> int:
+    """Poll the store until at least ``n`` shards are durable; the count seen."""
     done_dir = RunStore(run).done_dir
     deadline = time.time() + 180
     while time.time() < deadline:
         done = len(list(done_dir.glob("shard_*"))) if done_dir.is_dir() else 0
-        if done >= 2:
-            for p in head.processes():
-                try:
-                    if any("ExtractWorker" in part for part in p.cmdline()):
-                        p.send_signal(signal.SIGKILL)
-                        killed.append((p.pid, done))
-                        return
-                except psutil.NoSuchProcess:
-                    continue
+        if done >= n:
+            return done
         time.sleep(0.02)
+    raise AssertionError(f"fewer than {n} shards done in 180 s")
+
+
+def kill_head_processes(head: Head, needle: str) -> list[int]:
+    """SIGKILL this head's processes whose command line contains ``needle`` (never another test's)."""
+    killed = []
+    for p in head.processes():
+        try:
+            if any(needle in part for part in p.cmdline()):
+                p.send_signal(signal.SIGKILL)
+                killed.append(p.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return killed
 
 
 @pytest.mark.acceptance
-def test_killed_extract_actor_job_still_succeeds_with_identical_store(head, reference_job, tmp_path):
+def test_killed_actor_and_killed_job_resume_to_an_identical_store(head, reference_job, tmp_path):
+    """An extraction actor SIGKILLed mid-job is restarted; then the job's driver is SIGKILLed, the job
+    fails, and the same job submitted again resumes from the store and ends bit-identical."""
     config, ref_run, _ = reference_job
     run = tmp_path / "run"
-    killed: list[tuple[int, int]] = []
-    killer = threading.Thread(target=kill_one_extract_actor, args=(head, run, killed), daemon=True)
-    killer.start()
-    follow(head, submit(head, config, run))
-    killer.join(timeout=5)
-    assert killed, "no extraction actor was killed: the test did not exercise recovery"
-    assert killed[0][1] < RunStore(run).read_manifest()["shards"], "the kill must land mid-extraction"
+    job = submit(head, config, run)
+    at_actor_kill = wait_for_shards(run, 2)
+    assert kill_head_processes(head, "ExtractWorker"), "no extraction actor found to kill"
+    at_driver_kill = wait_for_shards(run, at_actor_kill + 2)
+    assert kill_head_processes(head, "ray_jobs/pipeline.py"), "no job driver found to kill"
+    status = cs("status", job, "--address", head.address, "--wait", token=head.token)
+    assert status.returncode == 1 and "FAILED" in status.stdout, status.stdout + status.stderr
+    total = RunStore(run).read_manifest()["shards"]
+    assert at_driver_kill < total, "the kills must land mid-extraction"
+    log = follow(head, submit(head, config, run))
+    plan = re.search(r"extract plan shards=(\d+) done=(\d+)", log)
+    assert plan and int(plan.group(1)) == total and int(plan.group(2)) >= at_driver_kill, log[-3000:]
     a, b = stored_concepts(ref_run), stored_concepts(run)
     assert a.keys() == b.keys()
     for key in a:
