@@ -6,9 +6,11 @@ killing the processes it started, never with `ray stop`, which would stop every 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -24,6 +26,7 @@ import numpy as np
 import psutil
 import pytest
 
+from cluster_service.commands.submit import _config_for_job, entrypoint
 from cluster_service.errors import UserError
 from cluster_service.jobs.paths import shared_run_path
 from cluster_service.store import RunStore
@@ -305,3 +308,18 @@ def test_job_script_refuses_a_url_or_relative_run_inside_a_job(tmp_path):
         out = subprocess.run([sys.executable, "ray_jobs/pipeline.py", "--config", str(config), run], env=env,
                              cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.unit
+def test_submitted_entrypoint_uses_the_config_inside_the_uploaded_working_dir(tmp_path):
+    inside = _config_for_job(REPO / "ray_jobs" / "job.toml", REPO)
+    assert inside == "ray_jobs/job.toml"
+    assert _config_for_job(tmp_path / "job.toml", REPO) == str((tmp_path / "job.toml").resolve())
+    command = entrypoint(inside, "/mnt/shared/runs/x", ["--cluster-k", "7"])
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "ray_jobs/pipeline.py"] and (REPO / argv[1]).is_file()
+    spec = importlib.util.spec_from_file_location("ray_jobs_job", REPO / "ray_jobs" / "_job.py")
+    job_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job_module)
+    args = job_module.parse("run", argv[2:])
+    assert args.config == "ray_jobs/job.toml" and args.run == "/mnt/shared/runs/x" and args.cluster_k == [7]
