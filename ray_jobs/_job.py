@@ -1,5 +1,7 @@
 """What every job entry point shares: check the run path, join the job's cluster, run a CLI verb.
 
+RUN may never be a URL; inside a job it must also be absolute (see cluster_service.jobs.paths).
+
 Inside a submitted job Ray sets RAY_ADDRESS to the cluster the job was submitted to; joining it here,
 before the verb runs, makes extraction's actors and clustering's tasks use that cluster (the stages
 reuse an initialised Ray) instead of starting a private one on the head node.
@@ -24,12 +26,12 @@ def parse(verb: str, argv: list[str]) -> argparse.Namespace:
 def run_job(verb: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(verb, argv)
+    try:
+        shared_run_path(args.run, absolute=in_ray_job())
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if in_ray_job():
-        try:
-            shared_run_path(args.run)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
         import ray
 
         ray.init(address=os.environ["RAY_ADDRESS"])

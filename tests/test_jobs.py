@@ -278,6 +278,9 @@ def test_run_store_must_be_a_shared_posix_path():
             shared_run_path(url)
     with pytest.raises(UserError, match="absolute path"):
         shared_run_path("runs/demo")
+    assert shared_run_path("runs/demo", absolute=False) == "runs/demo"
+    with pytest.raises(UserError, match="URLs are not supported yet"):
+        shared_run_path("s3://bucket/run", absolute=False)
 
 
 @pytest.mark.integration
@@ -303,11 +306,13 @@ def test_bad_submissions_fail_before_contacting_the_cluster(tmp_path):
 @pytest.mark.integration
 def test_job_script_refuses_a_url_or_relative_run_inside_a_job(tmp_path):
     config = write_job(tmp_path, 10)
-    env = {**client_env(None), "RAY_ADDRESS": "127.0.0.1:1"}  # as Ray sets it in a job's driver
-    for run, needle in (("s3://bucket/run", "not supported"), ("runs/x", "absolute path")):
-        out = subprocess.run([sys.executable, "ray_jobs/pipeline.py", "--config", str(config), run], env=env,
+    in_job = {**client_env(None), "RAY_ADDRESS": "127.0.0.1:1"}  # as Ray sets it in a job's driver
+    for run, env, needle in (("s3://bucket/run", in_job, "not supported"), ("runs/x", in_job, "absolute path"),
+                             ("gs://bucket/run", client_env(None), "not supported")):
+        out = subprocess.run([sys.executable, "ray_jobs/extract.py", run, "--config", str(config)], env=env,
                              cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (REPO / "gs:").exists()
 
 
 @pytest.mark.unit

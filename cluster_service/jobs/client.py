@@ -29,7 +29,10 @@ def default_address() -> str | None:
 def _use_token_if_available() -> None:
     if "RAY_AUTH_MODE" in os.environ:
         return
-    from ray._raylet import AuthenticationTokenLoader, Config
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # Ray before 2.52 has no token auth
+        return
 
     if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
         os.environ["RAY_AUTH_MODE"] = "token"

@@ -21,12 +21,12 @@ def in_ray_job() -> bool:
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
-def shared_run_path(run: str, *, where: str = "RUN") -> str:
-    """``run`` if it is an absolute POSIX path; a user error for URLs and relative paths."""
+def shared_run_path(run: str, *, where: str = "RUN", absolute: bool = True) -> str:
+    """``run`` if it is a POSIX path (absolute unless ``absolute`` is False); a user error otherwise."""
     if _URL.match(run):
         raise UserError(f"{where} '{run}': object-store and other URLs are not supported yet; give a "
                         "shared POSIX path that every Ray node mounts (NFS, EFS, Filestore, a ReadWriteMany volume)")
-    if not os.path.isabs(run):
+    if absolute and not os.path.isabs(run):
         raise UserError(f"{where} '{run}': a job's run store must be an absolute path on a filesystem every "
                         "Ray node mounts; a relative path would land in the job's temporary working directory")
     return run
