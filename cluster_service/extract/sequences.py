@@ -25,14 +25,22 @@ PAD_MULTIPLE = 8  # padded widths in multiples of 8: fewer distinct shapes, tens
 
 @dataclass
 class ShardTask:
-    """What one worker needs to compute one shard: no access to the run store's tables."""
+    """What one worker needs to compute one shard: no access to the run store's tables.
+
+    The sentences travel as one newline-joined string: pickling one string is a copy, pickling a
+    list of word lists is per-object work that saturated the driver at four GPUs.
+    """
 
     shard: int
     start: int  # first row of the shard
     stop: int  # one past the last row
-    sentences: list[list[str]]  # the words of every sentence the shard's rows fall in
-    row_sentence: np.ndarray  # [rows] index into ``sentences``
+    text: str  # the sentences the shard's rows fall in, words joined by " ", sentences by "\n"
+    row_sentence: np.ndarray  # [rows] index into the sentences of ``text``
     row_position: np.ndarray  # [rows] word index in its sentence
+
+    @property
+    def sentences(self) -> list[list[str]]:
+        return [line.split(" ") for line in self.text.split("\n")]
 
 
 @dataclass

@@ -102,15 +102,15 @@ def make_tasks(store: RunStore, shards: list[int], shard_rows: int) -> list[Shar
     positions = tokens.column("position").to_numpy()
     sentences = store.read_sentences()
     id_index = {int(s): i for i, s in enumerate(sentences.column("sentence_id").to_numpy())}
-    texts = sentences.column("text")
+    texts = sentences.column("text").to_pylist()
     n_rows = len(sent_ids)
     tasks = []
     for shard in shards:
         start, stop = shard * shard_rows, min((shard + 1) * shard_rows, n_rows)
         ids = sent_ids[start:stop]
         uniq, local = np.unique(ids, return_inverse=True)
-        words = [texts[id_index[int(s)]].as_py().split(" ") for s in uniq]
-        tasks.append(ShardTask(shard, start, stop, words, local.astype(np.int64),
+        text = "\n".join(texts[id_index[int(s)]] for s in uniq)
+        tasks.append(ShardTask(shard, start, stop, text, local.astype(np.int64),
                                positions[start:stop].astype(np.int64)))
     return tasks
 
