@@ -95,7 +95,10 @@ class RunStore:
     """Paths and small atomic helpers for one run directory."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        from .jobs.paths import shared_run_path
+
+        # a URL would silently become a local folder named 's3:'; object stores are not supported yet
+        self.root = Path(shared_run_path(str(root), absolute=False))
 
     # ---- layout -------------------------------------------------------------------------------
     @property
