@@ -37,7 +37,7 @@ class ClusterConfig:
     """Example occurrences (with their sentence) stored per concept."""
     evaluate: int = 0
     """If > 0: quality report on a seeded sample of this many tokens (exact Ward vs approximate, k-means
-    baseline, exact Ward's 90%-subsample stability) at every K; exact Ward's memory bounds it (~30K)."""
+    baseline, exact Ward's stability on a 90 percent subsample) at every K; exact Ward's memory bounds it (~30K)."""
     exact_max: int = 60000
     """Refuse exact Ward above this many tokens (time grows as N², memory up to N²/2 float64)."""
     address: str = ""
