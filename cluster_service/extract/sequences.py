@@ -130,7 +130,7 @@ class WordPieces:
     """
 
     def __init__(self, tokenizer, max_entries: int = 2_000_000):
-        self.tokenizer = tokenizer
+        self.backend = tokenizer.backend_tokenizer
         self.cache: dict[str, np.ndarray] = {}
         self.max_entries = max_entries
         self.fallback = np.asarray([_fallback_id(tokenizer)], dtype=np.int64)
@@ -147,9 +147,11 @@ class WordPieces:
         if new:
             if len(cache) + len(new) > self.max_entries:
                 cache.clear()
-            enc = self.tokenizer([[w] for w in new], is_split_into_words=True, add_special_tokens=False)
-            for w, ids in zip(new, enc["input_ids"], strict=True):
-                cache[w] = np.asarray(ids, dtype=np.int64)
+            # the Rust tokenizer directly: transformers' per-encoding Python conversion cost more than
+            # the tokenization itself
+            encs = self.backend.encode_batch([[w] for w in new], is_pretokenized=True, add_special_tokens=False)
+            for w, e in zip(new, encs, strict=True):
+                cache[w] = np.asarray(e.ids, dtype=np.int64)
         return [cache[w] for s in sentences for w in s]
 
 
