@@ -161,7 +161,7 @@ def quality(args: argparse.Namespace) -> None:
     for r in json.loads(report.read_text()):
         base = {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": r["n"], "d": args.d, "k": r["k"],
                 "data": f"real:{args.model}", "ari_exact_subsample": round(r["ari_exact_subsample"], 4),
-                "peak_rss_gib": None}
+                "peak_rss_gib": None, "source": args.source}
         variants = (
             ("approx_ward", "", r["m"], LEAVES[r["m"] == r["n"]] + ": the default rule at this N"),
             ("approx_ward", "kmeans_micro_", r["kmeans_micro_m"],
@@ -205,6 +205,9 @@ def main() -> None:
     q.add_argument("--n", type=int, default=20_000)
     q.add_argument("--d", type=int, default=384)
     q.add_argument("--model", default="all-MiniLM-L6-v2")
+    q.add_argument("--source", default="`cluster-service extract RUN --corpus-max-sentences 4500 --layers 6 "
+                   "--pooling last` (seeded uniform sample of the WordNet demo sentences, 29,607 words); "
+                   "--evaluate draws a seeded 20K-token sample from it")
     args = p.parse_args()
     timing(args) if args.what == "timing" else quality(args)
 
