@@ -82,7 +82,7 @@ def add_dataclass_arguments(
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
         )
-        help_text = docs.get(f.name, "")
+        help_text = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
         help_text = f"{help_text} (default: {shown})" if help_text else f"(default: {shown})"
         dest = prefix.replace("-", "_") + f.name

@@ -21,7 +21,7 @@ from .store import RunStore
 log = logging.getLogger("cluster_service.pipeline")
 
 #: sentences of the demo corpus the default run uses: a few minutes end to end on a 2-core machine
-DEMO_SENTENCES = 5000
+DEMO_SENTENCES = 3000
 
 
 @dataclass

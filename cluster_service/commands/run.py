@@ -1,6 +1,6 @@
 """`cluster-service run [RUN]`: every stage from one configuration, on embedded defaults if none given.
 
-With no flags it fetches the demo corpus (WordNet example sentences, first 5,000 sampled), extracts
+With no flags it fetches the demo corpus (WordNet example sentences, 3,000 sampled), extracts
 every layer with the packaged MiniLM on a local Ray, clusters each layer into K=50 concepts with
 approximate Ward, labels them with the offline baseline labeller, and prints where the results are.
 Each stage resumes, so rerunning the same command after an interruption finishes the job without
