@@ -10,6 +10,7 @@ quality report (which runs them on an in-memory sample).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,12 +28,20 @@ from .micro import (
 from .parallel import assign_all
 from .source import ArraySource, Source, read_rows
 
+if TYPE_CHECKING:
+    import torch
+
 
 def micro_centroids(source: Source, m: int, *, seed: int, iters: int, per_micro: int,
-                    where: str) -> np.ndarray:
-    """k-means centroids [M, D] from a seeded sample of the layer."""
+                    where: str, device: torch.device | None = None) -> np.ndarray:
+    """k-means centroids [M, D] from a seeded sample of the layer (FAISS, or torch on ``device``)."""
     rows = sample_indices(source.n, default_sample(source.n, m, per_micro), seed)
-    return train_kmeans(read_rows(source, rows, where), m, seed, iters)
+    sample = read_rows(source, rows, where)
+    if device is None:
+        return train_kmeans(sample, m, seed, iters)
+    from .torch_ops import train_kmeans_torch
+
+    return train_kmeans_torch(sample, m, seed, iters, device)
 
 
 @dataclass
@@ -44,15 +53,17 @@ class ApproxResult:
 
 def fit_approx(x: np.ndarray, ks: list[int], *, micro: int = 0, seed: int = 0, iters: int = 10,
                per_micro: int = 32, shard: int = 16384, dense_max: int = 8192,
-               neighbors: int = 16) -> ApproxResult:
-    """Approximate Ward of the rows of an in-memory array (the same steps the stage runs)."""
+               neighbors: int = 16, device: torch.device | None = None) -> ApproxResult:
+    """Approximate Ward of the rows of an in-memory array (the same steps the stage runs);
+    ``device``: the torch path there (None: FAISS/NumPy on the CPU)."""
     source = ArraySource(x, shard)
     m = micro or default_micro(source.n, max(ks))
     if m >= source.n:
         part = identity_partition(read_rows(source, np.arange(source.n), "sample"))
     else:
-        cents = micro_centroids(source, m, seed=seed, iters=iters, per_micro=per_micro, where="sample")
-        part = compact(assign_all(source, cents, where="sample", progress=False))
-    z = hybrid_ward(part.centroids, part.sizes, dense_max=dense_max, k=neighbors)
+        cents = micro_centroids(source, m, seed=seed, iters=iters, per_micro=per_micro, where="sample",
+                                device=device)
+        part = compact(assign_all(source, cents, where="sample", progress=False, device=device))
+    z = hybrid_ward(part.centroids, part.sizes, dense_max=dense_max, k=neighbors, device=device)
     micro_labels = cut(z, ks, part.sizes)
     return ApproxResult(part, z, {k: lab[part.token_micro] for k, lab in micro_labels.items()})

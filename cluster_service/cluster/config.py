@@ -45,3 +45,9 @@ class ClusterConfig:
     'local' = start a local Ray, anything else = ray.init(address=...)."""
     workers: int = 0
     """Ray tasks in flight at once (0: the cluster's CPU count); each holds one shard in memory."""
+    device: Literal["auto", "cpu", "cuda", "torch-cpu"] = "auto"
+    """Where k-means, assignment and the kNN search run: 'auto' = 'cuda' when torch sees a GPU, else
+    'cpu'; 'cpu' = FAISS/NumPy on the CPU (assignment as Ray tasks with --address); 'cuda' = torch
+    matmuls on the GPU, assignment in this process shard by shard (Ray is not used for it);
+    'torch-cpu' = the GPU code on the CPU (to check it without a GPU; slower than 'cpu'). Results
+    can differ between devices on near ties; on one device they are reproducible."""

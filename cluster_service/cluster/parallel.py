@@ -7,6 +7,7 @@ a bounded window of tasks in flight and folds results in shard order, so both pa
 from __future__ import annotations
 
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -14,10 +15,21 @@ from tqdm import tqdm
 from .micro import Accumulator, ShardStats, assign_shard
 from .source import Source, shard_ranges
 
+if TYPE_CHECKING:
+    import torch
+
 
 def assign_all(source: Source, centroids: np.ndarray, *, where: str, use_ray: bool = False,
-               workers: int = 0, progress: bool = True) -> Accumulator:
-    """Assign all rows of ``source`` to ``centroids``; Ray must be initialised when ``use_ray``."""
+               workers: int = 0, progress: bool = True, device: torch.device | None = None) -> Accumulator:
+    """Assign all rows of ``source`` to ``centroids``; Ray must be initialised when ``use_ray``.
+
+    With a torch ``device`` the assignment runs in this process on that device (``use_ray`` is
+    ignored: the GPU belongs to this process; see ``torch_ops``).
+    """
+    if device is not None:
+        from .torch_ops import assign_all_torch
+
+        return assign_all_torch(source, centroids, where=where, device=device, progress=progress)
     acc = Accumulator(source.n, len(centroids), source.d)
     ranges = shard_ranges(source.n, source.shard)
     bar = tqdm(total=len(ranges), desc=f"assign {where}", unit="shard", disable=not progress)

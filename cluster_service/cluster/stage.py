@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -41,6 +41,10 @@ from .micro import MicroPartition, compact, default_micro, identity_partition, s
 from .parallel import assign_all
 from .quality import evaluate
 from .source import ZarrSource, read_rows
+from .torch_ops import backend_name, resolve_device
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("cluster_service.cluster")
 
@@ -100,7 +104,7 @@ def _ray(cfg: ClusterConfig) -> bool:
 
 
 def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: LayerDir, base: dict,
-                     use_ray: bool, where: str) -> tuple[MicroPartition, dict]:
+                     use_ray: bool, where: str, device: torch.device | None) -> tuple[MicroPartition, dict]:
     key = {**base, "m": m, "method": cfg.method}
     if cfg.method == "approx" and m < source.n:
         key |= {"sample_per_micro": cfg.sample_per_micro, "kmeans_iters": cfg.kmeans_iters}
@@ -121,12 +125,12 @@ def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: Layer
     else:
         t0 = time.perf_counter()
         cents = micro_centroids(source, m, seed=cfg.seed, iters=cfg.kmeans_iters,
-                                per_micro=cfg.sample_per_micro, where=where)
+                                per_micro=cfg.sample_per_micro, where=where, device=device)
         ldir.save("kmeans_centroids.npy", cents, key)
         log_event(log, "k-means done", layer=where, m=m, seconds=time.perf_counter() - t0)
     t0 = time.perf_counter()
-    part = compact(assign_all(source, cents, where=where, use_ray=use_ray, workers=cfg.workers))
-    log_event(log, "assignment done", layer=where, micro=len(part.sizes), ray=use_ray,
+    part = compact(assign_all(source, cents, where=where, use_ray=use_ray, workers=cfg.workers, device=device))
+    log_event(log, "assignment done", layer=where, micro=len(part.sizes), ray=use_ray and device is None,
               seconds=time.perf_counter() - t0)
     for name, arr in zip(names, (part.token_micro, part.sizes, part.sums, part.centroids), strict=True):
         ldir.save(name, arr, key)
@@ -135,7 +139,7 @@ def _micro_partition(source: ZarrSource, cfg: ClusterConfig, m: int, ldir: Layer
 
 
 def _linkage(part: MicroPartition, cfg: ClusterConfig, ldir: LayerDir, key: dict,
-             where: str) -> tuple[np.ndarray, dict]:
+             where: str, device: torch.device | None) -> tuple[np.ndarray, dict]:
     key = {**key, "dense_max": cfg.dense_max, "neighbors": cfg.neighbors} if cfg.method == "approx" else key
     if ldir.have("linkage.npy", key):
         return ldir.load("linkage.npy"), key
@@ -143,7 +147,7 @@ def _linkage(part: MicroPartition, cfg: ClusterConfig, ldir: LayerDir, key: dict
     if cfg.method == "exact":
         z = exact_ward(part.centroids)
     else:
-        z = hybrid_ward(part.centroids, part.sizes, dense_max=cfg.dense_max, k=cfg.neighbors)
+        z = hybrid_ward(part.centroids, part.sizes, dense_max=cfg.dense_max, k=cfg.neighbors, device=device)
     ldir.save("linkage.npy", z, key)
     log_event(log, "ward done", layer=where, leaves=len(part.sizes), seconds=time.perf_counter() - t0)
     return z, key
@@ -151,6 +155,7 @@ def _linkage(part: MicroPartition, cfg: ClusterConfig, ldir: LayerDir, key: dict
 
 def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: bool = False) -> dict:
     """Tree, cuts and concept tables of one layer; returns a summary (sizes, SSE per K, timings)."""
+    device = resolve_device(cfg.device)
     store.layer_array(layer)  # clear error when the layer is missing
     where = f"{store.activations_path}/{store.layer_name(layer)}"
     source = ZarrSource(str(store.activations_path), store.layer_name(layer))
@@ -171,8 +176,10 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
     store.set_stage(f"cluster:layer_{layer}", "running", k=ks, method=cfg.method, m=m)
     ldir = LayerDir(store.clusters_dir(layer))
     base = {"fingerprint": _fingerprint(source), "seed": cfg.seed}
-    part, key = _micro_partition(source, cfg, m, ldir, base, use_ray, where)
-    z, key = _linkage(part, cfg, ldir, key, where)
+    if device is not None:  # the FAISS path's keys stay as they were, so existing stores resume
+        base["backend"] = backend_name(device)
+    part, key = _micro_partition(source, cfg, m, ldir, base, use_ray, where, device)
+    z, key = _linkage(part, cfg, ldir, key, where, device)
     micro_labels = cut(z, ks, part.sizes)
     tokens = sentences = None
     per_k: dict[int, dict] = {}
@@ -195,6 +202,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
         ldir.save(f"labels_k{k}.npy", labels, kkey)
         log_event(log, "concepts written", layer=layer, k=k, path=store.concepts_path(layer, k))
     summary: dict[str, Any] = {"layer": layer, "tokens": source.n, "dim": source.d, "method": cfg.method,
+                               "backend": backend_name(device),
                                "micro": len(part.sizes), "k": ks, "per_k": per_k,
                                "seconds": time.perf_counter() - t_start}
     if cfg.evaluate:
