@@ -5,10 +5,16 @@ Timing rows (synthetic d=768 Gaussian-mixture vectors in a real run store, K=600
 (psutil, every 0.2 s). Exact Ward rows run where they fit; its memory at larger N is extrapolated as
 N² from the largest measured peak and marked computed.
 
+GPU rows (`--device cuda`): the same stage with k-means, assignment and kNN as torch matmuls on the
+GPU; the synthetic vectors are generated with torch on the GPU and written like `extract` writes them
+(float16, uncompressed shards), the stores deleted after their rows with `--cleanup`. `--device
+torch-cpu` runs that code on the CPU (a dry run of the GPU command without a GPU).
+
 Quality rows (real activations, K=50/200/600): `--evaluate` on a seeded sample of a run store made
 by `cluster-service extract` (all-MiniLM-L6-v2, layer 6, last-subword pooling, WordNet demo sentences).
 
     python benchmarks/bench_cluster_scale.py timing --ns 10000,100000,1000000
+    python benchmarks/bench_cluster_scale.py timing --device cuda --ns 1000000,5000000 --methods approx --cleanup
     python benchmarks/bench_cluster_scale.py quality --run RUN --layer 6 --n 20000
 """
 
@@ -28,20 +34,20 @@ import psutil
 
 RESULTS = Path(__file__).parent / "results" / "cluster_scale.json"
 MACHINE = "2-core CPU box"
-IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel")
+IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device")
 #: How the default rule built the leaves of the tree (see cluster.micro.default_micro).
 LEAVES = {True: "tokens (kNN-graph Ward, then dense Ward)", False: "k-means micro-clusters (then dense Ward)"}
 
 
-def save_rows(rows: list[dict]) -> None:
+def save_rows(rows: list[dict], results: Path = RESULTS) -> None:
     """Replace rows with the same identity, keep the others (see shared/BENCHMARKS.md)."""
-    old = json.loads(RESULTS.read_text())["rows"] if RESULTS.is_file() else []
+    old = json.loads(results.read_text())["rows"] if results.is_file() else []
     ident = lambda r: tuple(r.get(f) for f in IDENTITY)  # noqa: E731
     new = {ident(r) for r in rows}
     merged = [r for r in old if ident(r) not in new] + rows
     merged.sort(key=lambda r: (r.get("data", ""), r.get("k", 0), r.get("n", 0), r.get("method", "")))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"benchmark": "cluster_scale", "rows": merged}, indent=1) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"benchmark": "cluster_scale", "rows": merged}, indent=1) + "\n")
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
@@ -80,8 +86,6 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
 
 def make_synthetic(root: Path, n: int, d: int, seed: int = 0, centres: int = 2000, shard: int = 16384) -> None:
     """A run store of n Gaussian-mixture vectors (float16, sharded like extract writes them)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import zarr
 
     if (root / "run.json").is_file():
@@ -94,6 +98,47 @@ def make_synthetic(root: Path, n: int, d: int, seed: int = 0, centres: int = 200
         hi = min(lo + shard, n)
         which = rng.integers(0, centres, hi - lo)
         arr[lo:hi] = (mus[which] + rng.normal(size=(hi - lo, d)).astype(np.float32)).astype(np.float16)
+    _write_tables(root, n, rng)
+
+
+def make_synthetic_torch(root: Path, n: int, d: int, device: str, seed: int = 0, centres: int = 2000,
+                         shard: int = 16384, writers: int = 8) -> None:
+    """The same mixture drawn with torch on ``device`` (NumPy's generator would take minutes at 5M×768),
+    written as extract writes layers (float16, uncompressed shards) by parallel writer threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    import zarr
+
+    if (root / "run.json").is_file():
+        return
+    gen = torch.Generator(device=device).manual_seed(seed)
+    mus = torch.randn((centres, d), generator=gen, device=device) * 2.0
+    group = zarr.open_group(str(root / "activations.zarr"), mode="w")
+    arr = group.create_array("layer_6", shape=(n, d), chunks=(1024, d), shards=(shard, d), dtype="float16",
+                             compressors=None, fill_value=0)
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        pending = []
+        for lo in range(0, n, shard):
+            hi = min(lo + shard, n)
+            which = torch.randint(0, centres, (hi - lo,), generator=gen, device=device)
+            x = (mus[which] + torch.randn((hi - lo, d), generator=gen, device=device)).half().cpu().numpy()
+            pending.append(pool.submit(arr.__setitem__, slice(lo, hi), x))
+            if len(pending) >= 2 * writers:
+                pending.pop(0).result()
+        for f in pending:
+            f.result()
+    del mus
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    _write_tables(root, n, np.random.default_rng(seed))
+
+
+def _write_tables(root: Path, n: int, rng: np.random.Generator) -> None:
+    """tokens.parquet / sentences.parquet / run.json for a synthetic layer of n rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     words = np.array([f"w{i}" for i in range(5000)])
     per = 10
     pq.write_table(pa.table({"row": np.arange(n), "sentence_id": np.arange(n) // per,
@@ -111,11 +156,23 @@ def timing(args: argparse.Namespace) -> None:
 
     from cluster_service.cluster.micro import default_micro
 
+    machine = MACHINE
+    if args.device == "cuda":
+        import torch
+
+        machine = f"1x {torch.cuda.get_device_name(0)}"
     rows = []
     exact_peaks = []
     for n in args.ns:
-        data = Path(args.workdir) / f"synth_{n}_{args.d}"
-        make_synthetic(data, n, args.d)
+        t0 = time.perf_counter()
+        if args.device == "cpu":
+            data = Path(args.workdir) / f"synth_{n}_{args.d}"
+            make_synthetic(data, n, args.d)
+        else:
+            gen_device = "cuda" if args.device == "cuda" else "cpu"
+            data = Path(args.workdir) / f"synth_{n}_{args.d}_torch_{gen_device}"
+            make_synthetic_torch(data, n, args.d, gen_device)
+        print(f"data n={n}: {time.perf_counter() - t0:.1f} s ({data})", file=sys.stderr, flush=True)
         for method in args.methods:
             if method == "exact" and n > args.exact_max:
                 continue
@@ -125,30 +182,40 @@ def timing(args: argparse.Namespace) -> None:
                    "--layer", "6", "--k", str(args.k), "--method", method, "--exact-max", str(args.exact_max)]
             if args.address:
                 cmd += ["--address", args.address]
+            if args.micro:
+                cmd += ["--micro", str(args.micro)]
+            cmd += ["--device", args.device]
             secs, peak, out = run_measured(cmd)
             summary = json.loads(out)["6"]
-            row = {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d, "k": args.k,
+            row = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d, "k": args.k,
                    "method": "exact_ward" if method == "exact" else "approx_ward",
                    "m": summary["micro"] if method != "exact" else None, "seconds": round(secs, 1),
                    "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process"}
             if method == "approx":
                 row["m_rule"] = default_micro(n, args.k)
                 row["leaves"] = LEAVES[summary["micro"] == n]
+            if args.device != "cpu":
+                row["device"] = args.device
+                row["note"] = (f"k-means, assignment and kNN as torch fp32 matmuls on {args.device} "
+                               f"(backend {summary['backend']}), assignment in one process; synthetic data "
+                               "drawn with torch, float16 uncompressed Zarr shards as extract writes them")
             print(json.dumps(row), flush=True)
             rows.append(row)
             if method == "exact":
                 exact_peaks.append((n, peak, secs))
-            save_rows(rows)
+            save_rows(rows, args.results)
+        if args.cleanup:
+            shutil.rmtree(data, ignore_errors=True)
     if exact_peaks:
         n0, p0, s0 = max(exact_peaks)
         for n in args.ns:
             if n > n0:
-                rows.append({"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d,
+                rows.append({"machine": machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d,
                              "k": args.k, "method": "exact_ward", "m": None, "seconds": round(s0 * (n / n0) ** 2, 0),
                              "peak_rss_gib": round(p0 * (n / n0) ** 2, 1), "data": "synthetic", "computed": True,
                              "parallel": "one process",
                              "note": f"N² extrapolation from the measured N={n0} row"})
-        save_rows(rows)
+        save_rows(rows, args.results)
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -199,6 +266,12 @@ def main() -> None:
     t.add_argument("--exact-max", type=int, default=20_000)
     t.add_argument("--address", default="", help="'' one process; 'local' Ray tasks")
     t.add_argument("--workdir", default=os.environ.get("BENCH_WORKDIR", "/tmp/cluster_bench"))
+    t.add_argument("--device", choices=["cpu", "cuda", "torch-cpu"], default="cpu",
+                   help="the stage's --device: 'cpu' FAISS/NumPy (data from NumPy, as before); 'cuda' the torch "
+                        "path on the GPU (data drawn there); 'torch-cpu' that path on the CPU (dry run)")
+    t.add_argument("--micro", type=int, default=0, help="the stage's --micro (0: the default rule; rows say m)")
+    t.add_argument("--cleanup", action="store_true", help="delete each synthetic store after its rows")
+    t.add_argument("--results", type=Path, default=RESULTS, help="result file (another one for dry runs)")
     q = sub.add_parser("quality")
     q.add_argument("--run", required=True)
     q.add_argument("--layer", type=int, default=6)
