@@ -28,8 +28,9 @@ class ArraySource:
     def d(self) -> int:
         return int(self.data.shape[1])
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.data[start:stop], dtype=np.float32)
+    def read(self, start: int, stop: int, dtype: type | None = np.float32) -> np.ndarray:
+        """Rows [start, stop) as ``dtype`` (None: as stored, e.g. float16 to convert on a GPU)."""
+        return np.asarray(self.data[start:stop], dtype=dtype)
 
 
 @dataclass
@@ -64,8 +65,9 @@ class ZarrSource:
         shards = self.array.shards or self.array.chunks
         return int(shards[0])
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop], dtype=np.float32)
+    def read(self, start: int, stop: int, dtype: type | None = np.float32) -> np.ndarray:
+        """Rows [start, stop) as ``dtype`` (None: as stored, e.g. float16 to convert on a GPU)."""
+        return np.asarray(self.array[start:stop], dtype=dtype)
 
 
 Source = ArraySource | ZarrSource
@@ -85,13 +87,14 @@ def check_finite(x: np.ndarray, offset: int, where: str) -> None:
 
 
 def read_rows(source: Source, rows: np.ndarray, where: str) -> np.ndarray:
-    """Gather sorted row indices, one shard at a time (memory: one shard + the result)."""
+    """Gather sorted row indices, one shard at a time (memory: one shard + the result); only the
+    gathered rows are converted to float32."""
     out = np.empty((len(rows), source.d), dtype=np.float32)
     for lo, hi in shard_ranges(source.n, source.shard):
         a, b = np.searchsorted(rows, [lo, hi])
         if a == b:
             continue
-        block = source.read(lo, hi)
+        block = source.read(lo, hi, None)
         out[a:b] = block[rows[a:b] - lo]
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():

@@ -107,7 +107,8 @@ def train_kmeans_torch(sample: np.ndarray, m: int, seed: int, iters: int, device
 
 def assign_all_torch(source: Source, centroids: np.ndarray, *, where: str, device: torch.device,
                      progress: bool = True) -> Accumulator:
-    """Assign every row of ``source`` on ``device``, shard by shard in order (one read ahead).
+    """Assign every row of ``source`` on ``device``, shard by shard in order (one read ahead); rows
+    travel as stored (float16: half the host→device bytes, no CPU conversion) and become fp32 there.
 
     Blocks are shard-aligned and zero-padded to one shape, as on the CPU path, so streaming from Zarr
     and an in-memory source of the same shard size give the same bits.
@@ -124,12 +125,12 @@ def assign_all_torch(source: Source, centroids: np.ndarray, *, where: str, devic
     pad = torch.zeros((block, d), dtype=torch.float32, device=device)
     bar = tqdm(total=len(ranges), desc=f"assign {where} ({device.type})", unit="shard", disable=not progress)
     with ThreadPoolExecutor(max_workers=1) as reader:
-        ahead = reader.submit(source.read, *ranges[0]) if ranges else None
+        ahead = reader.submit(source.read, *ranges[0], None) if ranges else None
         for i, (lo, hi) in enumerate(ranges):
             x = ahead.result()
             if i + 1 < len(ranges):
-                ahead = reader.submit(source.read, *ranges[i + 1])
-            xt = torch.from_numpy(x).to(device)
+                ahead = reader.submit(source.read, *ranges[i + 1], None)
+            xt = torch.from_numpy(x).to(device).float()  # as stored (float16) over the bus, fp32 here
             if not bool(torch.isfinite(xt).all()):
                 check_finite(x, lo, where)
             out = torch.empty(hi - lo, dtype=torch.int64, device=device)
