@@ -196,3 +196,17 @@ def test_stage_resumes_per_backend(tmp_path):
     assert linkage.stat().st_mtime_ns == stamp
     cluster_run(store, dataclasses.replace(cfg, device="cpu"))
     assert linkage.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.integration
+def test_ray_requested_with_torch_device_assigns_in_process(tmp_path, ray_local, caplog):
+    """Ray initialised + a torch device: the driver assigns on the device; same bits as without Ray."""
+    x, _ = planted(2000, 6, 16, seed=7)
+    store = make_store(tmp_path, x)
+    src = ZarrSource(str(store.activations_path), "layer_6")
+    cents = train_kmeans_torch(x, 40, seed=0, iters=3, device=CPU)
+    with caplog.at_level("INFO", logger="cluster_service.cluster"):
+        a = assign_all(src, cents, where="r", use_ray=True, progress=False, device=CPU)
+    assert "not as Ray tasks" in caplog.text
+    b = assign_all(src, cents, where="r", progress=False, device=CPU)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.sums, b.sums)

@@ -49,5 +49,7 @@ class ClusterConfig:
     """Where k-means, assignment and the kNN search run: 'auto' = 'cuda' when torch sees a GPU, else
     'cpu'; 'cpu' = FAISS/NumPy on the CPU (assignment as Ray tasks with --address); 'cuda' = torch
     matmuls on the GPU, assignment in this process shard by shard (Ray is not used for it);
-    'torch-cpu' = the GPU code on the CPU (to check it without a GPU; slower than 'cpu'). Results
-    can differ between devices on near ties; on one device they are reproducible."""
+    'torch-cpu' = the GPU code on the CPU (to check it without a GPU; slower than 'cpu'). With
+    --address and a GPU in this process, 'auto' picks the GPU (one GPU beats many CPU tasks here);
+    pass 'cpu' to spread the assignment over Ray's CPUs. Results can differ between devices on near
+    ties; on one device they are reproducible."""

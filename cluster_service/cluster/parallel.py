@@ -6,17 +6,21 @@ a bounded window of tasks in flight and folds results in shard order, so both pa
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
+from ..logs import log_event
 from .micro import Accumulator, ShardStats, assign_shard
 from .source import Source, shard_ranges
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("cluster_service.cluster")
 
 
 def assign_all(source: Source, centroids: np.ndarray, *, where: str, use_ray: bool = False,
@@ -28,6 +32,9 @@ def assign_all(source: Source, centroids: np.ndarray, *, where: str, use_ray: bo
     """
     if device is not None:
         from .torch_ops import assign_all_torch
+
+        if use_ray:
+            log_event(log, "assignment on the torch device in this process, not as Ray tasks", device=str(device))
 
         return assign_all_torch(source, centroids, where=where, device=device, progress=progress)
     acc = Accumulator(source.n, len(centroids), source.d)
