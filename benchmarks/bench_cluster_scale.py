@@ -50,17 +50,24 @@ def save_rows(rows: list[dict], results: Path = RESULTS) -> None:
     results.write_text(json.dumps({"benchmark": "cluster_scale", "rows": merged}, indent=1) + "\n")
 
 
-def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (GiB) of the process tree, and stdout of ``cmd``."""
+def run_measured(cmd: list[str], env: dict | None = None, gpu: bool = False) -> tuple[float, float, str, float]:
+    """Wall seconds, peak RSS (GiB) of the process tree, stdout of ``cmd``, and with ``gpu`` the peak
+    memory in use on GPU 0 by every process, this one's CUDA context included (GiB; else 0)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0
+    gpu_peak = 0.0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, gpu_peak
         root = psutil.Process(proc.pid)
         while not stop.is_set():
+            if gpu:
+                import torch
+
+                free, total = torch.cuda.mem_get_info(0)
+                gpu_peak = max(gpu_peak, (total - free) / 2**30)
             try:
                 procs = [root, *root.children(recursive=True)]
                 total = 0
@@ -81,7 +88,7 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float,
     th.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
-    return time.perf_counter() - t0, peak / 2**30, out
+    return time.perf_counter() - t0, peak / 2**30, out, gpu_peak
 
 
 def make_synthetic(root: Path, n: int, d: int, seed: int = 0, centres: int = 2000, shard: int = 16384) -> None:
@@ -185,7 +192,7 @@ def timing(args: argparse.Namespace) -> None:
             if args.micro:
                 cmd += ["--micro", str(args.micro)]
             cmd += ["--device", args.device]
-            secs, peak, out = run_measured(cmd)
+            secs, peak, out, gpu_peak = run_measured(cmd, gpu=args.device == "cuda")
             summary = json.loads(out)["6"]
             row = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d, "k": args.k,
                    "method": "exact_ward" if method == "exact" else "approx_ward",
@@ -193,7 +200,11 @@ def timing(args: argparse.Namespace) -> None:
                    "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process"}
             if method == "approx":
                 row["m_rule"] = default_micro(n, args.k)
+                if args.micro:
+                    row["m_forced"] = True  # --micro overrode the rule
                 row["leaves"] = LEAVES[summary["micro"] == n]
+            if args.device == "cuda":
+                row["gpu_mem_peak_gib"] = round(gpu_peak, 2)
             if args.device != "cpu":
                 row["device"] = args.device
                 row["note"] = (f"k-means, assignment and kNN as torch fp32 matmuls on {args.device} "
@@ -223,7 +234,7 @@ def quality(args: argparse.Namespace) -> None:
     cached = report.is_file()
     cmd = [sys.executable, "-m", "cluster_service.cli", "--log-level", "WARNING", "cluster", args.run,
            "--layer", str(args.layer), "--k", "50,200,600", "--evaluate", str(args.n), "--method", "approx"]
-    secs, peak, _ = run_measured(cmd)
+    secs, peak, _, _ = run_measured(cmd)
     rows = []
     for r in json.loads(report.read_text()):
         base = {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": r["n"], "d": args.d, "k": r["k"],
