@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import psutil
@@ -50,9 +52,16 @@ def save_rows(rows: list[dict], results: Path = RESULTS) -> None:
     results.write_text(json.dumps({"benchmark": "cluster_scale", "rows": merged}, indent=1) + "\n")
 
 
-def run_measured(cmd: list[str], env: dict | None = None, gpu: bool = False) -> tuple[float, float, str, float]:
-    """Wall seconds, peak RSS (GiB) of the process tree, stdout of ``cmd``, and with ``gpu`` the peak
-    memory in use on GPU 0 by every process, this one's CUDA context included (GiB; else 0)."""
+class Measured(NamedTuple):
+    seconds: float
+    peak_rss_gib: float  # the process tree of the command
+    stdout: str
+    stderr: str
+    gpu_peak_gib: float  # in use on GPU 0 by every process (this one's CUDA context included); 0 if not asked
+
+
+def run_measured(cmd: list[str], env: dict | None = None, gpu: bool = False) -> Measured:
+    """Run ``cmd`` in a fresh process, sampling the memory of its process tree (and GPU 0's with ``gpu``)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = 0
@@ -88,7 +97,28 @@ def run_measured(cmd: list[str], env: dict | None = None, gpu: bool = False) -> 
     th.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
-    return time.perf_counter() - t0, peak / 2**30, out, gpu_peak
+    return Measured(time.perf_counter() - t0, peak / 2**30, out, err, gpu_peak)
+
+
+def step_seconds(log: str) -> dict[str, float]:
+    """Seconds of the stage's timed steps, from its key=value log lines (see cluster.stage)."""
+    steps = re.findall(r" (k-means|assignment|ward) done .*?seconds=([0-9.e+-]+)", log)
+    return {name: round(float(sec), 1) for name, sec in steps}
+
+
+def rerun_identical(data: Path, cmd: list[str], k: int) -> bool:
+    """Run the stage again from scratch on the same store: are all its arrays bit-identical?"""
+    import shutil
+
+    layer_dir = data / "clusters" / "layer_6"
+    names = ["kmeans_centroids.npy", "token_micro.npy", "micro_sums.npy", "linkage.npy", f"labels_k{k}.npy"]
+    first = {name: np.load(layer_dir / name) for name in names if (layer_dir / name).is_file()}
+    shutil.rmtree(data / "clusters")
+    shutil.rmtree(data / "concepts", ignore_errors=True)
+    run_measured(cmd)
+    same = all(np.array_equal(arr, np.load(layer_dir / name)) for name, arr in first.items())
+    print(f"rerun identical: {same} ({', '.join(first)})", file=sys.stderr, flush=True)
+    return same
 
 
 def make_synthetic(root: Path, n: int, d: int, seed: int = 0, centres: int = 2000, shard: int = 16384) -> None:
@@ -185,26 +215,30 @@ def timing(args: argparse.Namespace) -> None:
                 continue
             shutil.rmtree(data / "clusters", ignore_errors=True)
             shutil.rmtree(data / "concepts", ignore_errors=True)
-            cmd = [sys.executable, "-m", "cluster_service.cli", "--log-level", "WARNING", "cluster", str(data),
+            cmd = [sys.executable, "-m", "cluster_service.cli", "--log-level", "INFO", "cluster", str(data),
                    "--layer", "6", "--k", str(args.k), "--method", method, "--exact-max", str(args.exact_max)]
             if args.address:
                 cmd += ["--address", args.address]
             if args.micro:
                 cmd += ["--micro", str(args.micro)]
             cmd += ["--device", args.device]
-            secs, peak, out, gpu_peak = run_measured(cmd, gpu=args.device == "cuda")
-            summary = json.loads(out)["6"]
+            run = run_measured(cmd, gpu=args.device == "cuda")
+            secs, peak = run.seconds, run.peak_rss_gib
+            summary = json.loads(run.stdout)["6"]
             row = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": args.d, "k": args.k,
                    "method": "exact_ward" if method == "exact" else "approx_ward",
                    "m": summary["micro"] if method != "exact" else None, "seconds": round(secs, 1),
-                   "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process"}
+                   "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process",
+                   "step_seconds": step_seconds(run.stderr)}
             if method == "approx":
                 row["m_rule"] = default_micro(n, args.k)
                 if args.micro:
                     row["m_forced"] = True  # --micro overrode the rule
                 row["leaves"] = LEAVES[summary["micro"] == n]
+            if args.check_determinism and n == args.ns[0] and method == "approx":
+                row["rerun_identical"] = rerun_identical(data, cmd, args.k)
             if args.device == "cuda":
-                row["gpu_mem_peak_gib"] = round(gpu_peak, 2)
+                row["gpu_mem_peak_gib"] = round(run.gpu_peak_gib, 2)
             if args.device != "cpu":
                 row["device"] = args.device
                 row["note"] = (f"k-means, assignment and kNN as torch fp32 matmuls on {args.device} "
@@ -234,7 +268,7 @@ def quality(args: argparse.Namespace) -> None:
     cached = report.is_file()
     cmd = [sys.executable, "-m", "cluster_service.cli", "--log-level", "WARNING", "cluster", args.run,
            "--layer", str(args.layer), "--k", "50,200,600", "--evaluate", str(args.n), "--method", "approx"]
-    secs, peak, _, _ = run_measured(cmd)
+    secs, peak = run_measured(cmd)[:2]
     rows = []
     for r in json.loads(report.read_text()):
         base = {"machine": MACHINE, "date": time.strftime("%Y-%m-%d"), "n": r["n"], "d": args.d, "k": r["k"],
@@ -282,6 +316,8 @@ def main() -> None:
                         "path on the GPU (data drawn there); 'torch-cpu' that path on the CPU (dry run)")
     t.add_argument("--micro", type=int, default=0, help="the stage's --micro (0: the default rule; rows say m)")
     t.add_argument("--cleanup", action="store_true", help="delete each synthetic store after its rows")
+    t.add_argument("--check-determinism", action="store_true",
+                   help="rerun the first N's approx row from scratch and record whether its arrays are identical")
     t.add_argument("--results", type=Path, default=RESULTS, help="result file (another one for dry runs)")
     q = sub.add_parser("quality")
     q.add_argument("--run", required=True)
