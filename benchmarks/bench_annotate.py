@@ -24,7 +24,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cluster_service.annotate.config import AnnotateConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import merge_rows  # noqa: E402
+
+from cluster_service.annotate.config import AnnotateConfig  # noqa: E402
 from cluster_service.annotate.fixtures import concept_table, lognormal_sizes
 from cluster_service.annotate.stage import annotate_run
 from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
@@ -100,13 +103,7 @@ def baseline_row(n: int) -> dict:
 
 
 def merge(rows: list[dict]) -> None:
-    data = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"benchmark": "annotate", "rows": []}
-    today = time.strftime("%Y-%m-%d", time.gmtime())
-    ident = lambda r: (r.get("machine"), r.get("backend"), r.get("scenario"), r.get("concepts"))  # noqa: E731
-    new = {ident(r) for r in rows}
-    data["rows"] = [r for r in data["rows"] if ident(r) not in new] + [{**r, "date": today} for r in rows]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    merge_rows("annotate", rows, ("backend", "scenario", "concepts"), RESULTS)
 
 
 def print_table(rows: list[dict]) -> None:

@@ -34,6 +34,9 @@ from typing import NamedTuple
 import numpy as np
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import merge_rows  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "cluster_scale.json"
 MACHINE = "2-core CPU box"
 IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device")
@@ -42,14 +45,7 @@ LEAVES = {True: "tokens (kNN-graph Ward, then dense Ward)", False: "k-means micr
 
 
 def save_rows(rows: list[dict], results: Path = RESULTS) -> None:
-    """Replace rows with the same identity, keep the others (see shared/BENCHMARKS.md)."""
-    old = json.loads(results.read_text())["rows"] if results.is_file() else []
-    ident = lambda r: tuple(r.get(f) for f in IDENTITY)  # noqa: E731
-    new = {ident(r) for r in rows}
-    merged = [r for r in old if ident(r) not in new] + rows
-    merged.sort(key=lambda r: (r.get("data", ""), r.get("k", 0), r.get("n", 0), r.get("method", "")))
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps({"benchmark": "cluster_scale", "rows": merged}, indent=1) + "\n")
+    merge_rows("cluster_scale", rows, IDENTITY[1:], results)
 
 
 class Measured(NamedTuple):

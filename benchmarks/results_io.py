@@ -9,9 +9,9 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def merge_rows(name: str, rows: list[dict], identity: tuple[str, ...]) -> Path:
+def merge_rows(name: str, rows: list[dict], identity: tuple[str, ...], path: Path | None = None) -> Path:
     """Replace rows with the same identity (machine + parameter fields), keep the others."""
-    path = RESULTS / f"{name}.json"
+    path = path or RESULTS / f"{name}.json"
     data = json.loads(path.read_text()) if path.is_file() else {"benchmark": name, "rows": []}
     today = time.strftime("%Y-%m-%d")
     new_keys = set()
