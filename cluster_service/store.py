@@ -156,6 +156,10 @@ class RunStore:
         self.write_manifest(manifest)
         return manifest
 
+    def record_config(self, section: str, config: dict[str, Any]) -> None:
+        """Keep the resolved config a stage ran with in run.json (the last one, per section)."""
+        self.update_manifest(lambda m: m.setdefault("config", {}).__setitem__(section, config))
+
     def set_stage(self, stage: str, status: str, **info: Any) -> None:
         """Record a stage's status ("running" / "done") and facts about it in run.json."""
 

@@ -21,6 +21,9 @@ def test_run_on_demo_defaults_then_resume_is_noop(tmp_path, capsys, ray_local):
     store = RunStore(run)
     manifest = store.read_manifest()
     assert manifest["model"]["hidden_size"] == 384 and manifest["layers"] == [0, 6]
+    # the resolved configuration of every stage is kept with the results
+    assert manifest["config"]["extract"]["layers"] == [0, 6] and manifest["config"]["corpus"]["max_sentences"] == 300
+    assert manifest["config"]["cluster"]["k"] == [8, 3] and manifest["config"]["annotate"]["backend"] == "baseline"
     stages = manifest["stages"]
     assert stages["extract"]["status"] == "done"
     for layer in (0, 6):

@@ -7,6 +7,7 @@ rewritten atomically with fresh label columns, and failures are retried (they ar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -207,6 +208,7 @@ def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> di
         usage, model, fatal, latencies = pool.usage, cfg.model, pool.fatal, pool.latencies
         price = model_price(cfg.model, cfg.price_table, cfg.input_price_per_mtok, cfg.output_price_per_mtok)
     is_baseline = cfg.backend == "baseline"
+    store.record_config("annotate", dataclasses.asdict(cfg))
     store.write_concepts(layer, k, with_labels(table, outcomes, cfg.backend, is_baseline))
     labelled = sum(o.status == "ok" for o in outcomes)
     summary = {

@@ -249,5 +249,6 @@ def cluster_run(store: RunStore, cfg: ClusterConfig) -> dict:
     if not layers:
         raise UserError(f"{store.activations_path}: no layers stored; run `cluster-service extract` first")
     use_ray = _ray(cfg)
+    store.record_config("cluster", dataclasses.asdict(cfg))
     out = {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}
     return {"layers": out, "config": dataclasses.asdict(cfg)}
