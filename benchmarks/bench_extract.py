@@ -35,7 +35,8 @@ from cluster_service.demo import fetch_demo_corpus  # noqa: E402
 from cluster_service.extract.config import ExtractConfig  # noqa: E402
 from cluster_service.extract.engine import ShardComputer  # noqa: E402
 from cluster_service.extract.model import load_model, model_shape, resolve_layers  # noqa: E402
-from cluster_service.extract.stage import make_tasks, prepare_store, run_extract  # noqa: E402
+from cluster_service.extract.stage import prepare_store, run_extract  # noqa: E402
+from cluster_service.extract.tasks import ShardTasks  # noqa: E402
 from cluster_service.extract.worker import ExtractWorker  # noqa: E402
 from cluster_service.extract.writer import ShardWriter, create_layer_arrays, shard_ranges  # noqa: E402
 from cluster_service.store import RunStore  # noqa: E402
@@ -170,7 +171,8 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     shutil.rmtree(run, ignore_errors=True)
     manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
     n_rows = manifest["tokens"]
-    tasks = make_tasks(RunStore(run), list(range(manifest["shards"])), cfg.shard_rows)
+    source = ShardTasks(RunStore(run), cfg.shard_rows)
+    tasks = [source.task(s) for s in range(manifest["shards"])]
     lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length)
     gpus = 1 if lm.device.type == "cuda" else 0
     machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
@@ -241,7 +243,8 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     run = workdir / "run_gpus"
     shutil.rmtree(run, ignore_errors=True)
     manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
-    tasks = make_tasks(RunStore(run), list(range(manifest["shards"])), cfg.shard_rows)
+    source = ShardTasks(RunStore(run), cfg.shard_rows)
+    tasks = [source.task(s) for s in range(manifest["shards"])]
     init_ray()
     visible = int(ray.cluster_resources().get("GPU", 0))
     machine = args.machine or f"{visible}x {torch.cuda.get_device_name(0)}"

@@ -19,7 +19,7 @@ from ..logs import log_event
 from ..progress import progress_bar
 from ..store import RunStore
 from .config import ExtractConfig
-from .sequences import ShardTask
+from .tasks import ShardTasks
 from .writer import done_shards
 
 log = logging.getLogger("cluster_service.extract")
@@ -52,7 +52,8 @@ def plan_workers(cfg: ExtractConfig) -> tuple[int, dict]:
     return n, {"num_cpus": per}
 
 
-def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[ShardTask], rows: int) -> dict:
+def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: ShardTasks, shards: list[int],
+            rows: int) -> dict:
     """Run ``tasks`` on actors; returns the steady-state rate (rows after each actor's first shard)."""
     from .worker import ExtractWorker
 
@@ -63,18 +64,18 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[
     actors = [actor_cls.remote(str(store.root), cfg, layers, threads) for _ in range(n)]
     log_event(log, "ray workers", actors=n, **resources)
     attempts: dict[int, int] = {}
-    todo = list(tasks)
+    todo = list(shards)
     clock = Clock(warm=len(actors))
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
         while todo:
-            actors = _run_round(actors, todo, attempts, bar, clock)
+            actors = _run_round(actors, tasks, todo, attempts, bar, clock)
             finished = done_shards(store)
-            todo = [t for t in todo if t.shard not in finished]
-            for t in todo:
-                if attempts.get(t.shard, 0) >= MAX_ATTEMPTS:
-                    raise RuntimeError(f"shard {t.shard} failed {MAX_ATTEMPTS} times; see the worker logs")
+            todo = [s for s in todo if s not in finished]
+            for s in todo:
+                if attempts.get(s, 0) >= MAX_ATTEMPTS:
+                    raise RuntimeError(f"shard {s} failed {MAX_ATTEMPTS} times; see the worker logs")
             if todo:
-                log_event(log, "retrying shards", level=logging.WARNING, shards=[t.shard for t in todo])
+                log_event(log, "retrying shards", level=logging.WARNING, shards=todo)
     for a in actors:
         ray.kill(a)
     return {"steady_tokens_per_s": clock.rate()}
@@ -104,9 +105,10 @@ class Clock:
         return round(self.rows / (self.t1 - self.t0), 1)
 
 
-def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], bar, clock: Clock) -> list:
+def _run_round(actors: list, tasks: ShardTasks, todo: list[int], attempts: dict[int, int], bar,
+               clock: Clock) -> list:
     queue = list(todo)
-    inflight: dict = {}  # ref -> (actor index, task)
+    inflight: dict = {}  # ref -> (actor index, shard)
     load = [0] * len(actors)
     alive = set(range(len(actors)))
     strikes = [0] * len(actors)
@@ -114,15 +116,15 @@ def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], ba
     def submit() -> None:
         for i in sorted(alive, key=lambda j: load[j]):
             while queue and load[i] < 2:
-                task = queue.pop(0)
-                attempts[task.shard] = attempts.get(task.shard, 0) + 1
-                inflight[actors[i].process.remote(task)] = (i, task)
+                shard = queue.pop(0)
+                attempts[shard] = attempts.get(shard, 0) + 1
+                inflight[actors[i].process.remote(tasks.task(shard))] = (i, shard)
                 load[i] += 1
 
     submit()
     while inflight:
         ready, _ = ray.wait(list(inflight), num_returns=1)
-        i, task = inflight.pop(ready[0])
+        i, shard = inflight.pop(ready[0])
         load[i] -= 1
         try:
             n_rows = ray.get(ready[0])
@@ -132,11 +134,11 @@ def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], ba
         except ray.exceptions.RayError as exc:
             # a killed actor is restarted by Ray and its calls resume; one that keeps failing is dropped
             strikes[i] += 1
-            log_event(log, "shard failed", level=logging.WARNING, shard=task.shard, actor=i,
+            log_event(log, "shard failed", level=logging.WARNING, shard=shard, actor=i,
                       error=type(exc).__name__)
             if strikes[i] > 2 * MAX_ATTEMPTS:
                 alive.discard(i)
-            _requeue(queue, task, attempts)
+            _requeue(queue, shard, attempts)
         if not alive:
             raise RuntimeError("every extraction actor died; see the worker logs")
         submit()
@@ -148,7 +150,7 @@ def _run_round(actors: list, todo: list[ShardTask], attempts: dict[int, int], ba
     return [actors[i] for i in sorted(alive)]
 
 
-def _requeue(queue: list[ShardTask], task: ShardTask, attempts: dict[int, int]) -> None:
-    if attempts.get(task.shard, 0) >= MAX_ATTEMPTS:
-        raise RuntimeError(f"shard {task.shard} failed {MAX_ATTEMPTS} times; see the worker logs")
-    queue.append(task)
+def _requeue(queue: list[int], shard: int, attempts: dict[int, int]) -> None:
+    if attempts.get(shard, 0) >= MAX_ATTEMPTS:
+        raise RuntimeError(f"shard {shard} failed {MAX_ATTEMPTS} times; see the worker logs")
+    queue.append(shard)

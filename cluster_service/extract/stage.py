@@ -14,8 +14,6 @@ import shutil
 import time
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
 from ..corpus import CorpusConfig, ingest
 from ..errors import UserError
@@ -24,7 +22,7 @@ from ..progress import progress_bar
 from ..store import RunStore, atomic_write_parquet
 from .config import ExtractConfig
 from .model import model_shape, resolve_layers, resolve_model_name
-from .sequences import ShardTask
+from .tasks import ShardTasks
 from .writer import create_layer_arrays, done_shards, shard_ranges
 
 log = logging.getLogger("cluster_service.extract")
@@ -95,26 +93,6 @@ def prepare_store(store: RunStore, corpus: CorpusConfig, cfg: ExtractConfig) -> 
     return manifest
 
 
-def make_tasks(store: RunStore, shards: list[int], shard_rows: int) -> list[ShardTask]:
-    """Each shard's rows with the words of every sentence they fall in (the driver holds the tables)."""
-    tokens = store.read_tokens(["sentence_id", "position"])
-    sent_ids = tokens.column("sentence_id").to_numpy()
-    positions = tokens.column("position").to_numpy()
-    sentences = store.read_sentences()
-    id_index = {int(s): i for i, s in enumerate(sentences.column("sentence_id").to_numpy())}
-    texts = sentences.column("text").to_pylist()
-    n_rows = len(sent_ids)
-    tasks = []
-    for shard in shards:
-        start, stop = shard * shard_rows, min((shard + 1) * shard_rows, n_rows)
-        ids = sent_ids[start:stop]
-        uniq, local = np.unique(ids, return_inverse=True)
-        text = "\n".join(texts[id_index[int(s)]] for s in uniq)
-        tasks.append(ShardTask(shard, start, stop, text, local.astype(np.int64),
-                               positions[start:stop].astype(np.int64)))
-    return tasks
-
-
 def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[str, Any]:
     """Extract into ``run_dir``, resuming if it exists. Returns a summary."""
     store = RunStore(run_dir)
@@ -129,13 +107,13 @@ def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[
     stats: dict[str, Any] = {}
     if todo:
         store.set_stage("extract", "running")
-        tasks = make_tasks(store, todo, manifest["shard_rows"])
+        tasks = ShardTasks(store, manifest["shard_rows"])
         if cfg.engine == "local":
-            run_local(store, cfg, layers, tasks, rows_todo)
+            run_local(store, cfg, layers, tasks, todo, rows_todo)
         else:
             from .ray_pool import run_ray
 
-            stats = run_ray(store, cfg, layers, tasks, rows_todo)
+            stats = run_ray(store, cfg, layers, tasks, todo, rows_todo)
     missing = sorted(set(range(len(ranges))) - done_shards(store))
     if missing:
         raise RuntimeError(f"extract: shards {missing[:10]} were not completed")
@@ -148,11 +126,11 @@ def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[
     return summary
 
 
-def run_local(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: list[ShardTask],
+def run_local(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: ShardTasks, shards: list[int],
               rows: int) -> None:
     from .worker import ExtractWorker
 
     worker = ExtractWorker(str(store.root), cfg, layers, threads=cfg.cpus_per_worker)
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
-        worker.process_all(tasks, bar)
+        worker.process_all((tasks.task(s) for s in shards), bar)
 

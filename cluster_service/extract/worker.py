@@ -11,7 +11,8 @@ import logging
 import os
 import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import torch
 
@@ -77,13 +78,25 @@ class ExtractWorker:
             self._raise_failed()
         return task.stop - task.start
 
-    def process_all(self, tasks: list[ShardTask], progress=None) -> None:
-        """Run shards with preparation overlapping compute, then wait until all are durable."""
+    def process_all(self, tasks: Iterable[ShardTask], progress=None) -> None:
+        """Run shards two at a time (one preparing while the other computes), then wait until all
+        are durable. Tasks are drawn from ``tasks`` only as slots free up."""
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="shard") as pool:
-            for n in pool.map(self.process, tasks):
-                if progress is not None:
-                    progress.update(n)
+            running: set[Future] = set()
+            for task in tasks:
+                running.add(pool.submit(self.process, task))
+                if len(running) >= 2:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    self._count(finished, progress)
+            self._count(running, progress)
         self.flush()
+
+    @staticmethod
+    def _count(futures, progress) -> None:
+        for fut in futures:
+            n = fut.result()
+            if progress is not None:
+                progress.update(n)
 
     def _to_host(self, out: torch.Tensor):
         buf = self.host_buffers.get()
