@@ -94,6 +94,25 @@ def test_vectors_equal_direct_forward(tmp_path, hf, pooling):
 
 
 @pytest.mark.integration
+def test_word_without_subwords_reads_unknown_token(tmp_path, hf):
+    """A word the tokenizer maps to nothing (a zero-width space) is read as [UNK], not dropped."""
+    lines = ["cats \u200b purr loudly", "plain words only here"]
+    corpus = write_corpus(tmp_path / "c.txt", lines)
+    run = tmp_path / "run"
+    run_extract(str(run), CorpusConfig(path=corpus, tokenizer="whitespace"),
+                ExtractConfig(engine="local", layers=[0, 6], shard_rows=3, pooling="first"))
+    store = RunStore(run)
+    assert hf[1].tokenize("\u200b") == []  # the case under test really arises
+    arrays = np.stack([stored(store, layer) for layer in (0, 6)])
+    texts = store.read_sentences().column("text").to_pylist()
+    for sid, rows in rows_by_sentence(store).items():
+        words = [w if hf[1].tokenize(w) else hf[1].unk_token for w in texts[sid].split(" ")]
+        ref = reference(hf, words, "first")[[0, 6]]
+        for pos, row in rows:
+            np.testing.assert_allclose(arrays[:, row].astype(np.float32), ref[:, pos], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.integration
 def test_long_sentence_windowed_not_truncated(tmp_path, hf):
     long_words = ("the quick brown fox jumps over the lazy dog while unbelievably enormous "
                   "hippopotamuses watch silently from the muddy riverbank at dusk").split()

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from ..logs import log_event
 
@@ -37,10 +38,6 @@ class ShardTask:
     text: str  # the sentences the shard's rows fall in, words joined by " ", sentences by "\n"
     row_sentence: np.ndarray  # [rows] index into the sentences of ``text``
     row_position: np.ndarray  # [rows] word index in its sentence
-
-    @property
-    def sentences(self) -> list[list[str]]:
-        return [line.split(" ") for line in self.text.split("\n")]
 
 
 @dataclass
@@ -136,14 +133,28 @@ class WordPieces:
         self.fallback = np.asarray([_fallback_id(tokenizer)], dtype=np.int64)
         self.lock = threading.Lock()  # two shards may be prepared at once
 
-    def pieces(self, sentences: list[list[str]]) -> list[np.ndarray]:
-        """Pieces of every word, flattened over sentences (a word with no piece gets an empty array)."""
-        with self.lock:
-            return self._pieces(sentences)
+    def pieces(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every word's subword count and all subword ids, flat in word order.
 
-    def _pieces(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        Per-word work is C: pyarrow finds the shard's distinct words, only those touch the Python
+        cache, and numpy gathers the flat ids (per-word Python here capped a GPU actor's rate).
+        """
+        encoded = pa.array(words, type=pa.string()).dictionary_encode()
+        idx = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        uniq = encoded.dictionary.to_pylist()
+        with self.lock:
+            arrays = self._lookup(uniq)
+        u_len = np.fromiter(map(len, arrays), dtype=np.int64, count=len(arrays))
+        u_flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        u_off = np.cumsum(u_len) - u_len
+        piece_len = u_len[idx]
+        piece_off = np.cumsum(piece_len) - piece_len
+        gather = np.arange(int(piece_len.sum())) + np.repeat(u_off[idx] - piece_off, piece_len)
+        return piece_len, u_flat[gather]
+
+    def _lookup(self, uniq: list[str]) -> list[np.ndarray]:
         cache = self.cache
-        new = list({w for s in sentences for w in s if w not in cache})
+        new = [w for w in uniq if w not in cache]
         if new:
             if len(cache) + len(new) > self.max_entries:
                 cache.clear()
@@ -152,28 +163,27 @@ class WordPieces:
             encs = self.backend.encode_batch([[w] for w in new], is_pretokenized=True, add_special_tokens=False)
             for w, e in zip(new, encs, strict=True):
                 cache[w] = np.asarray(e.ids, dtype=np.int64)
-        return [cache[w] for s in sentences for w in s]
+        return [cache[w] for w in uniq]
 
 
 def build_plan(task: ShardTask, pieces_of: WordPieces, prefix: list[int], suffix: list[int],
                max_length: int) -> ShardPlan:
     n_pre, n_suf = len(prefix), len(suffix)
     budget = max_length - n_pre - n_suf
-    sents = task.sentences
-    word_pieces = pieces_of.pieces(sents)
-    piece_len = np.fromiter((len(p) for p in word_pieces), dtype=np.int64, count=len(word_pieces))
-    flat_ids = np.concatenate(word_pieces) if word_pieces else np.zeros(0, np.int64)
-    word_counts = np.fromiter((len(s) for s in sents), dtype=np.int64, count=len(sents))
+    lines = task.text.split("\n")
+    n_sents = len(lines)
+    word_counts = np.fromiter((line.count(" ") + 1 for line in lines), dtype=np.int64, count=len(lines))
+    piece_len, flat_ids = pieces_of.pieces(task.text.replace("\n", " ").split(" "))
     word_off = np.concatenate([[0], np.cumsum(word_counts)])
     piece_off = np.concatenate([[0], np.cumsum(piece_len)])
     sub_off = piece_off[word_off]
     sub_counts = np.diff(sub_off)
-    sent_of_sub = np.repeat(np.arange(len(sents)), sub_counts)
+    sent_of_sub = np.repeat(np.arange(n_sents), sub_counts)
     first = piece_off[:-1]  # of every word, in the flat subword array
     last = piece_off[1:] - 1
-    complete = np.ones(len(sents), dtype=bool)
+    complete = np.ones(n_sents, dtype=bool)
     if (piece_len == 0).any():  # such sentences take the slow path, which substitutes a fallback id
-        complete = np.minimum.reduceat(piece_len, word_off[:-1]) > 0 if len(sents) else complete
+        complete = np.minimum.reduceat(piece_len, word_off[:-1]) > 0 if n_sents else complete
     simple = complete & (sub_counts <= budget)  # one sequence, the common case
 
     # simple sentences: prefix + subwords + suffix, laid out with array arithmetic
@@ -186,10 +196,10 @@ def build_plan(task: ShardTask, pieces_of: WordPieces, prefix: list[int], suffix
     for j, tok in enumerate(suffix):
         ids[s_start[1:] - n_suf + j] = tok
     body_mask = simple[sent_of_sub]
-    shift = np.zeros(len(sents), dtype=np.int64)
+    shift = np.zeros(n_sents, dtype=np.int64)
     shift[s_idx] = s_start[:-1] + n_pre - sub_off[s_idx]
     ids[np.flatnonzero(body_mask) + shift[sent_of_sub[body_mask]]] = flat_ids[body_mask]
-    seq_of_sentence = np.full(len(sents), -1, dtype=np.int64)
+    seq_of_sentence = np.full(n_sents, -1, dtype=np.int64)
     seq_of_sentence[s_idx] = np.arange(len(s_idx))
 
     rows = len(task.row_sentence)
@@ -214,7 +224,7 @@ def build_plan(task: ShardTask, pieces_of: WordPieces, prefix: list[int], suffix
         pieces = []
         for w in range(int(word_counts[s])):
             g = word_off[s] + w
-            pieces.append(word_pieces[g] if piece_len[g] else pieces_of.fallback)
+            pieces.append(flat_ids[piece_off[g]:piece_off[g + 1]] if piece_len[g] else pieces_of.fallback)
         lengths = np.asarray([len(p) for p in pieces])
         spans = [(0, len(pieces))] if lengths.sum() <= budget else windows(lengths, budget)
         log_event(log, "sentence windowed", level=logging.DEBUG, words=len(pieces), windows=len(spans))
