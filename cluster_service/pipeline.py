@@ -53,7 +53,7 @@ def run_pipeline(run_dir: str, cfg: PipelineConfig) -> dict[str, Any]:
     from .extract.stage import run_extract
 
     store = RunStore(run_dir)
-    summary: dict[str, Any] = {"run": str(store.root)}
+    summary: dict[str, Any] = {"run": store.where()}
     if "extract" in cfg.stages:
         summary["extract"] = run_extract(run_dir, cfg.corpus, cfg.extract)
     if "cluster" in cfg.stages:
@@ -64,5 +64,5 @@ def run_pipeline(run_dir: str, cfg: PipelineConfig) -> dict[str, Any]:
             for k in cfg.cluster.k:
                 result = annotate_run(store, int(layer), k, cfg.annotate)
                 summary["annotate"][f"layer_{layer}_k{k}"] = result
-    log_event(log, "pipeline done", run=str(store.root), stages=",".join(cfg.stages))
+    log_event(log, "pipeline done", run=store.where(), stages=",".join(cfg.stages))
     return summary

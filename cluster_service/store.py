@@ -1,6 +1,6 @@
-"""The run store: one directory that is the contract between stages (see DESIGN.md).
+"""The run store: one directory or object-store prefix that is the contract between stages (DESIGN.md).
 
-Layout::
+Layout (keys relative to the root; the same on a local disk and on an object store)::
 
     RUN/
       run.json                      resolved configs, versions, model id, corpus fingerprint, stage status
@@ -10,17 +10,30 @@ Layout::
       extract_done/shard_{i}        done-marker of one row shard (written after its data is durable)
       clusters/layer_{L}/           micro assignments, centroids, linkage, assignments per K
       concepts/layer_{L}_k{K}.parquet   concept table (schema: CONCEPT_SCHEMA, plus label columns)
-      annotations.sqlite            LLM reply cache
+      annotations.sqlite            LLM reply cache (a copy uploaded now and then on object stores)
+
+RUN is a local path or an fsspec URL (``s3://bucket/prefix``, ``gs://``, ``az://`` ...: see
+``jobs/paths.py`` for what is accepted). Stages never touch the filesystem themselves: every read and
+write goes through the small methods below, addressed by key, so both kinds of root behave alike.
 
 Only the driver of a stage writes ``run.json``; workers own whole Zarr shards and write nothing else.
-Every file that is read by another stage is written to a temporary name and renamed into place, so a
-reader never sees half a file and a killed writer leaves nothing that looks done.
+A reader never sees half a file and a killed writer leaves nothing that looks done:
+
+- on a local path every file is written to a temporary name, fsynced and renamed into place;
+- on an object store every write is one PUT (an object appears whole or not at all, and S3-style stores
+  are read-after-write consistent), so no temporary name is needed; there is no rename, so order is what
+  keeps data safe: a shard's done-marker is PUT only after that shard's data objects of every layer.
+
+Credentials and endpoints come from each process's environment (for S3: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_PROFILE, instance roles), never from the store or the
+logs; a RunStore pickles as its location only, so a Ray worker opens the store with its own credentials.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,6 +78,14 @@ CONCEPT_SCHEMA = pa.schema(
 )
 
 
+#: Keys of the layout, relative to the root.
+TOKENS = "tokens.parquet"
+SENTENCES = "sentences.parquet"
+ACTIVATIONS = "activations.zarr"
+DONE = "extract_done"
+ANNOTATIONS = "annotations.sqlite"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -91,64 +112,185 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
         raise
 
 
+def zarr_store(location: str, read_only: bool = False):
+    """What ``zarr.open_*`` takes for ``location``: the path itself, or an FsspecStore for a URL."""
+    from .jobs.paths import url_scheme
+
+    if url_scheme(location) is None:
+        return location
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(location, read_only=read_only)
+
+
 class RunStore:
-    """Paths and small atomic helpers for one run directory."""
+    """One run's root, local or remote, and the few I/O operations stages need, addressed by key."""
 
     def __init__(self, root: str | Path):
-        from .jobs.paths import shared_run_path
+        from .jobs.paths import shared_run_path, url_scheme
 
-        # a URL would silently become a local folder named 's3:'; object stores are not supported yet
-        self.root = Path(shared_run_path(str(root), absolute=False))
+        # an unknown scheme would otherwise silently become a local folder named 's3:'
+        location = shared_run_path(str(root), absolute=False)
+        self.fs = None
+        self._root: Path | None = None
+        if url_scheme(location) is None:
+            self._root = Path(location)
+            self.location = location
+        else:
+            from fsspec.core import url_to_fs
 
-    # ---- layout -------------------------------------------------------------------------------
+            self.location = location.rstrip("/")
+            self.fs, path = url_to_fs(self.location)
+            self._base = path.rstrip("/")
+
+    def __reduce__(self):
+        return (RunStore, (self.location,))
+
+    @property
+    def is_local(self) -> bool:
+        return self.fs is None
+
+    @property
+    def root(self) -> Path:
+        """The local directory; an object-store run has none (use the key methods and ``where``)."""
+        if self._root is None:
+            raise RuntimeError(f"{self.location}: an object-store run store has no local path")
+        return self._root
+
+    def where(self, key: str = "") -> str:
+        """Where ``key`` lives, as a path or URL: for messages, Zarr and other processes."""
+        if self.is_local:
+            return str(self.root / key) if key else str(self.root)
+        return f"{self.location}/{key}" if key else self.location
+
+    def _remote(self, key: str) -> str:
+        return f"{self._base}/{key}" if key else self._base
+
+    # ---- layout (local paths, for tools and tests that look inside a local run) ----------------
     @property
     def manifest_path(self) -> Path:
         return self.root / MANIFEST
 
     @property
     def tokens_path(self) -> Path:
-        return self.root / "tokens.parquet"
+        return self.root / TOKENS
 
     @property
     def sentences_path(self) -> Path:
-        return self.root / "sentences.parquet"
+        return self.root / SENTENCES
 
     @property
     def activations_path(self) -> Path:
-        return self.root / "activations.zarr"
+        return self.root / ACTIVATIONS
 
     @property
     def done_dir(self) -> Path:
-        return self.root / "extract_done"
+        return self.root / DONE
 
     @property
     def annotations_db(self) -> Path:
-        return self.root / "annotations.sqlite"
+        return self.root / ANNOTATIONS
 
     def clusters_dir(self, layer: int) -> Path:
-        return self.root / "clusters" / f"layer_{layer}"
+        return self.root / self.clusters_key(layer)
 
     def concepts_path(self, layer: int, k: int) -> Path:
-        return self.root / "concepts" / f"layer_{layer}_k{k}.parquet"
+        return self.root / self.concepts_key(layer, k)
+
+    @staticmethod
+    def clusters_key(layer: int) -> str:
+        return f"clusters/layer_{layer}"
+
+    @staticmethod
+    def concepts_key(layer: int, k: int) -> str:
+        return f"concepts/layer_{layer}_k{k}.parquet"
 
     @staticmethod
     def layer_name(layer: int) -> str:
         return f"layer_{layer}"
 
+    # ---- bytes, listings, removal ---------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        if self.is_local:
+            return (self.root / key).exists()
+        self.fs.invalidate_cache(self._remote(key))  # another process may have written it since
+        return self.fs.exists(self._remote(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        if self.is_local:
+            return (self.root / key).read_bytes()
+        return self.fs.cat_file(self._remote(key))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Local: temporary file, fsync, rename. Object store: one PUT (the object appears whole)."""
+        if self.is_local:
+            atomic_write_bytes(self.root / key, data)
+        else:
+            self.fs.pipe_file(self._remote(key), data)
+
+    def listdir(self, folder: str) -> list[str]:
+        """Names directly under ``folder`` (none if it does not exist), temporary files left out."""
+        if self.is_local:
+            path = self.root / folder
+            return sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
+        remote = self._remote(folder)
+        self.fs.invalidate_cache(remote)  # listings are cached per process; workers add markers meanwhile
+        try:
+            return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in self.fs.ls(remote, detail=False))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, key: str) -> None:
+        """Delete a file or a whole folder; nothing if it is not there."""
+        if self.is_local:
+            path = self.root / key
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        elif self.has(key):
+            self.fs.rm(self._remote(key), recursive=True)
+
+    def create(self) -> None:
+        """Make the root (object stores have no folders: the bucket must exist, nothing to do)."""
+        if self.is_local:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def size(self) -> int:
+        """Bytes stored under the root."""
+        if self.is_local:
+            return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return int(self.fs.du(self._base, total=True))
+
+    # ---- parquet --------------------------------------------------------------------------------
+    def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
+        if self.is_local:
+            return pq.read_table(self.root / key, columns=columns)
+        with self.fs.open(self._remote(key), "rb") as fh:  # seekable: only the wanted columns are fetched
+            return pq.read_table(fh, columns=columns)
+
+    def write_parquet(self, key: str, table: pa.Table) -> None:
+        if self.is_local:
+            atomic_write_parquet(self.root / key, table)
+        else:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            self.fs.pipe_file(self._remote(key), sink.getvalue().to_pybytes())
+
     # ---- manifest -----------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.manifest_path.is_file()
+        return self.has(MANIFEST)
 
     def read_manifest(self) -> dict[str, Any]:
         if not self.exists():
-            raise UserError(f"{self.root}: not a run store (no {MANIFEST}); run `cluster-service extract` first")
+            raise UserError(f"{self.where()}: not a run store (no {MANIFEST}); run `cluster-service extract` first")
         try:
-            return json.loads(self.manifest_path.read_text())
+            return json.loads(self.read_bytes(MANIFEST))
         except json.JSONDecodeError as exc:
-            raise UserError(f"{self.manifest_path}: corrupt JSON ({exc})") from None
+            raise UserError(f"{self.where(MANIFEST)}: corrupt JSON ({exc})") from None
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        self.write_bytes(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         manifest = self.read_manifest() if self.exists() else {}
@@ -173,40 +315,43 @@ class RunStore:
 
     # ---- tables -------------------------------------------------------------------------------
     def read_tokens(self, columns: list[str] | None = None) -> pa.Table:
-        if not self.tokens_path.is_file():
-            raise UserError(f"{self.tokens_path}: missing; run `cluster-service extract` first")
-        return pq.read_table(self.tokens_path, columns=columns)
+        if not self.has(TOKENS):
+            raise UserError(f"{self.where(TOKENS)}: missing; run `cluster-service extract` first")
+        return self.read_parquet(TOKENS, columns)
 
     def read_sentences(self) -> pa.Table:
-        if not self.sentences_path.is_file():
-            raise UserError(f"{self.sentences_path}: missing; run `cluster-service extract` first")
-        return pq.read_table(self.sentences_path)
+        if not self.has(SENTENCES):
+            raise UserError(f"{self.where(SENTENCES)}: missing; run `cluster-service extract` first")
+        return self.read_parquet(SENTENCES)
+
+    def has_concepts(self, layer: int, k: int) -> bool:
+        return self.has(self.concepts_key(layer, k))
 
     def read_concepts(self, layer: int, k: int) -> pa.Table:
-        path = self.concepts_path(layer, k)
-        if not path.is_file():
-            raise UserError(f"{path}: no concept table; run `cluster-service cluster {self.root} "
-                            f"--layer {layer} --k {k}` first")
-        return pq.read_table(path)
+        if not self.has_concepts(layer, k):
+            raise UserError(f"{self.where(self.concepts_key(layer, k))}: no concept table; run "
+                            f"`cluster-service cluster {self.where()} --layer {layer} --k {k}` first")
+        return self.read_parquet(self.concepts_key(layer, k))
 
     def write_concepts(self, layer: int, k: int, table: pa.Table) -> None:
-        atomic_write_parquet(self.concepts_path(layer, k), table)
+        self.write_parquet(self.concepts_key(layer, k), table)
 
     # ---- activations --------------------------------------------------------------------------
+    def zarr_store(self, read_only: bool = False):
+        """The activations group's root as Zarr takes it (a path, or an FsspecStore on an object store)."""
+        return zarr_store(self.where(ACTIVATIONS), read_only=read_only)
+
     def open_activations(self, mode: str = "r"):
         import zarr
 
-        if not self.activations_path.exists():
-            raise UserError(f"{self.activations_path}: missing; run `cluster-service extract` first")
-        return zarr.open_group(str(self.activations_path), mode=mode)
+        if not self.has(ACTIVATIONS):
+            raise UserError(f"{self.where(ACTIVATIONS)}: missing; run `cluster-service extract` first")
+        return zarr.open_group(self.zarr_store(read_only=mode == "r"), mode=mode)
 
     def layer_array(self, layer: int):
         group = self.open_activations("r")
         name = self.layer_name(layer)
         if name not in group:
             stored = sorted(int(k.split("_")[1]) for k in group.array_keys())
-            raise UserError(f"{self.activations_path}: layer {layer} not stored (stored: {stored})")
+            raise UserError(f"{self.where(ACTIVATIONS)}: layer {layer} not stored (stored: {stored})")
         return group[name]
-
-    def size_on_disk(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())

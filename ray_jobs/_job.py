@@ -1,6 +1,7 @@
 """What every job entry point shares: check the run path, join the job's cluster, run a CLI verb.
 
-RUN may never be a URL; inside a job it must also be absolute (see cluster_service.jobs.paths).
+RUN is an object-store URL (s3://bucket/prefix) or a path; inside a job a path must be absolute (see
+cluster_service.jobs.paths).
 
 Inside a submitted job Ray sets RAY_ADDRESS to the cluster the job was submitted to; joining it here,
 before the verb runs, makes extraction's actors and clustering's tasks use that cluster (the stages

@@ -72,8 +72,8 @@ def test_config_mistakes_are_user_errors(tmp_path):
 
 
 @pytest.mark.unit
-def test_run_store_refuses_urls_and_missing_runs(tmp_path):
-    with pytest.raises(UserError, match="not supported yet"):
-        RunStore("s3://bucket/run")
+def test_run_store_refuses_unknown_urls_and_missing_runs(tmp_path):
+    with pytest.raises(UserError, match="unknown URL scheme 'nosuch'"):
+        RunStore("nosuch://bucket/run")
     with pytest.raises(UserError, match="not a run store"):
         RunStore(tmp_path).read_manifest()

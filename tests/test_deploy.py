@@ -2,7 +2,8 @@
 
 The entrypoints are parsed with the job scripts' own parsers and their configs are built, the launcher
 config passes Ray's own schema, the KubeRay RayJob runs the same cluster as the RayCluster, and the
-Dockerfile installs exactly pyproject's dependencies (its derivation command is run for real here).
+Dockerfile installs exactly pyproject's dependencies plus its s3 extra (its derivation command is run for
+real here).
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ def test_dockerfile_installs_exactly_pyprojects_dependencies():
     assert command, derive
     out = subprocess.run([sys.executable, "-c", shlex.split(command.group(1))[0]], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.split("\n")
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert [line for line in out if line] == pyproject
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert [line for line in out if line] == project["dependencies"] + project["optional-dependencies"]["s3"]
     installs = [shlex.split(part.strip()) for r in runs for part in r.split("&&") if "pip install" in part]
     allowed = (["pip", "install", "--upgrade", "pip"], ["pip", "install", "-r", command.group(2)],
                ["pip", "install", "--no-deps", "."])

@@ -271,16 +271,18 @@ def test_wrong_token_and_unreachable_address_are_one_line_errors(head, tmp_path)
 
 
 @pytest.mark.unit
-def test_run_store_must_be_a_shared_posix_path():
+def test_run_store_must_be_a_shared_path_or_an_object_store_url():
     assert shared_run_path("/shared/runs/demo") == "/shared/runs/demo"
-    for url in ("s3://bucket/run", "gs://bucket/run", "file:///tmp/run"):
-        with pytest.raises(UserError, match="URLs are not supported yet"):
+    assert shared_run_path("s3://bucket/run") == "s3://bucket/run"
+    for url, needle in (("gs://bucket/run", "pip install gcsfs"), ("nosuch://bucket/run", "unknown URL scheme"),
+                        ("memory://run", "inside one process"), ("file:///tmp/run", "local path itself")):
+        with pytest.raises(UserError, match=needle):
             shared_run_path(url)
     with pytest.raises(UserError, match="absolute path"):
         shared_run_path("runs/demo")
     assert shared_run_path("runs/demo", absolute=False) == "runs/demo"
-    with pytest.raises(UserError, match="URLs are not supported yet"):
-        shared_run_path("s3://bucket/run", absolute=False)
+    with pytest.raises(UserError, match="unknown URL scheme"):
+        shared_run_path("nosuch://bucket/run", absolute=False)
 
 
 @pytest.mark.integration
@@ -290,7 +292,7 @@ def test_bad_submissions_fail_before_contacting_the_cluster(tmp_path):
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("[cluster]\nkk = [5]\n")
     for args, needle in (
-        (("submit", str(config), "--address", nowhere, "--run", "s3://bucket/run"), "s3://bucket/run"),
+        (("submit", str(config), "--address", nowhere, "--run", "gs://bucket/run"), "gs://bucket/run"),
         (("submit", str(config), "--address", nowhere, "--run", "runs/x"), "absolute path"),
         (("submit", str(bad_config), "--address", nowhere, "--run", str(tmp_path / "r")), "kk"),
         (("submit", str(config), "--address", nowhere, "--run", str(tmp_path / "r"), "--working-dir", str(tmp_path)),
@@ -304,11 +306,11 @@ def test_bad_submissions_fail_before_contacting_the_cluster(tmp_path):
 
 
 @pytest.mark.integration
-def test_job_script_refuses_a_url_or_relative_run_inside_a_job(tmp_path):
+def test_job_script_refuses_a_bad_url_or_relative_run_inside_a_job(tmp_path):
     config = write_job(tmp_path, 10)
     in_job = {**client_env(None), "RAY_ADDRESS": "127.0.0.1:1"}  # as Ray sets it in a job's driver
-    for run, env, needle in (("s3://bucket/run", in_job, "not supported"), ("runs/x", in_job, "absolute path"),
-                             ("gs://bucket/run", client_env(None), "not supported")):
+    for run, env, needle in (("nosuch://bucket/run", in_job, "unknown URL scheme"), ("runs/x", in_job, "absolute path"),
+                             ("gs://bucket/run", client_env(None), "pip install gcsfs")):
         out = subprocess.run([sys.executable, "ray_jobs/extract.py", run, "--config", str(config)], env=env,
                              cwd=REPO, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -56,7 +56,9 @@ class AnnotateConfig:
     backoff_max_s: float = 60.0
     """Longest backoff delay."""
     cache_path: str | None = None
-    """SQLite reply cache; default RUN/annotations.sqlite (set it when RUN is not a local path)."""
+    """SQLite reply cache; default RUN/annotations.sqlite. For a RUN on an object store the cache is a local
+    file (default ~/.cache/cluster_service/annotations/<hash of RUN>.sqlite) merged from and uploaded to
+    RUN/annotations.sqlite every 30 s of work and at the end."""
     price_table: str | None = None
     """JSON or TOML file mapping model -> {input_per_mtok, output_per_mtok} in USD, merged over the built-in
     table."""

@@ -1,7 +1,8 @@
 """The annotate stage: read a concept table, label every concept, write the table back with labels.
 
 Rerunning is cheap and safe: the reply cache answers every call that already succeeded, the table is
-rewritten atomically with fresh label columns, and failures are retried (they are not cached).
+rewritten atomically with fresh label columns, and failures are retried (they are not cached). For a
+run on an object store the cache is a local file mirrored to the store (see ``mirror``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..store import CONCEPT_SCHEMA, RunStore
 from .budget import cut_to_budget, estimate_tokens, unique_types
 from .cache import ReplyCache, request_key
 from .config import AnnotateConfig
+from .mirror import MirroredCache, default_path, store_copy
 from .pool import AnnotationPool, Outcome, PoolSettings, Task
 from .prompts import build_messages
 from .ratelimit import RateLimiter
@@ -95,10 +97,13 @@ def build_tasks(cfg: AnnotateConfig, rows: Sequence[dict[str, Any]]) -> list[Tas
 def cache_path(store: RunStore, cfg: AnnotateConfig) -> Path:
     if cfg.cache_path:
         return Path(cfg.cache_path)
-    if "://" in str(store.root):
-        raise UserError(f"{store.root}: the run store is not a local path; "
-                        "pass --cache-path for the reply cache")
-    return store.annotations_db
+    return store.annotations_db if store.is_local else default_path(store.where())
+
+
+def open_cache(store: RunStore, cfg: AnnotateConfig) -> ReplyCache:
+    """The reply cache: the store's own file on a local run, a mirrored local file on an object store."""
+    path = cache_path(store, cfg)
+    return ReplyCache(path) if store.is_local else MirroredCache(path, store)
 
 
 def cached_keys(path: Path, keys: Sequence[str]) -> set[str]:
@@ -146,6 +151,10 @@ def with_labels(table: pa.Table, outcomes: Sequence[Outcome], backend: str, is_b
 def _dry_run(cfg: AnnotateConfig, store: RunStore, tasks: Sequence[Task]) -> dict[str, Any]:
     keys = [request_key("openai", cfg.model, t.request) for t in tasks]
     hits = cached_keys(cache_path(store, cfg), keys)
+    if not store.is_local:
+        with store_copy(store) as copy:
+            if copy is not None:
+                hits |= cached_keys(copy, keys)
     todo = [t for t, key in zip(tasks, keys, strict=True) if key not in hits]
     prompt_tokens = sum(estimate_tokens(t.request["messages"]) for t in todo)
     completion_tokens = cfg.max_tokens * len(todo)
@@ -163,7 +172,7 @@ async def _run_pool(cfg: AnnotateConfig, store: RunStore,
     from .backends import OpenAIBackend
 
     backend = OpenAIBackend(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout_s)
-    cache = ReplyCache(cache_path(store, cfg))
+    cache = open_cache(store, cfg)
     limiter = RateLimiter(cfg.rpm, cfg.tpm, cfg.rate_window_s, cfg.burst_s)
     settings = PoolSettings(cfg.prompt, cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s,
                             cfg.concurrency, cfg.max_tokens, cfg.progress, cfg.seed)

@@ -35,7 +35,8 @@ class ArraySource:
 
 @dataclass
 class ZarrSource:
-    """One layer array of a run store; picklable (path + name), opened lazily in each process."""
+    """One layer array of a run store; picklable (path or URL + name), opened lazily in each process, so a
+    Ray task on another node reads an object store through its own credentials."""
 
     path: str
     name: str
@@ -49,7 +50,9 @@ class ZarrSource:
         if self._array is None:
             import zarr
 
-            self._array = zarr.open_array(f"{self.path}/{self.name}", mode="r")
+            from ..store import zarr_store
+
+            self._array = zarr.open_array(zarr_store(f"{self.path}/{self.name}", read_only=True), mode="r")
         return self._array
 
     @property

@@ -1,6 +1,6 @@
 """The cluster stage over a run store: per layer, build (or resume) the tree and the concept tables.
 
-Files under ``clusters/layer_{L}/`` (each written atomically, recorded in ``state.json`` with the
+Files under ``clusters/layer_{L}/`` (each written whole through the run store, recorded in ``state.json`` with the
 settings that produced it, so a rerun with the same settings skips it and a changed setting redoes
 only what depends on it):
 
@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +29,7 @@ import scipy.sparse as sp
 
 from ..errors import UserError
 from ..logs import log_event
-from ..store import RunStore, atomic_write_bytes
+from ..store import ACTIVATIONS, TOKENS, RunStore
 from .approx import micro_centroids
 from .concepts import concept_table
 from .config import ClusterConfig
@@ -50,29 +49,39 @@ log = logging.getLogger("cluster_service.cluster")
 
 
 class LayerDir:
-    """Atomic .npy files plus a state file of the settings each was made with."""
+    """Whole .npy and .json files in the run store plus a state file of the settings each was made with."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.state_path = path / "state.json"
-        self.state: dict[str, Any] = (json.loads(self.state_path.read_text())
-                                      if self.state_path.is_file() else {})
+    def __init__(self, store: RunStore, layer: int):
+        self.store = store
+        self.prefix = store.clusters_key(layer)
+        self.state: dict[str, Any] = (json.loads(store.read_bytes(self.key("state.json")))
+                                      if store.has(self.key("state.json")) else {})
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}"
 
     def have(self, name: str, key: dict) -> bool:
-        return self.state.get(name) == key and (self.path / name).is_file()
+        return self.state.get(name) == key and self.store.has(self.key(name))
 
     def load(self, name: str) -> np.ndarray:
-        return np.load(self.path / name)
+        return np.load(io.BytesIO(self.store.read_bytes(self.key(name))))
 
     def save(self, name: str, array: np.ndarray, key: dict) -> None:
         buf = io.BytesIO()
         np.save(buf, array)
-        atomic_write_bytes(self.path / name, buf.getvalue())
+        self.store.write_bytes(self.key(name), buf.getvalue())
+        self.mark(name, key)
+
+    def load_json(self, name: str) -> Any:
+        return json.loads(self.store.read_bytes(self.key(name)))
+
+    def save_json(self, name: str, value: Any, key: dict) -> None:
+        self.store.write_bytes(self.key(name), json.dumps(value, indent=1).encode())
         self.mark(name, key)
 
     def mark(self, name: str, key: dict) -> None:
         self.state[name] = key
-        atomic_write_bytes(self.state_path, json.dumps(self.state, indent=1, sort_keys=True).encode())
+        self.store.write_bytes(self.key("state.json"), json.dumps(self.state, indent=1, sort_keys=True).encode())
 
 
 def stored_layers(store: RunStore) -> list[int]:
@@ -157,8 +166,8 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
     """Tree, cuts and concept tables of one layer; returns a summary (sizes, SSE per K, timings)."""
     device = resolve_device(cfg.device)
     store.layer_array(layer)  # clear error when the layer is missing
-    where = f"{store.activations_path}/{store.layer_name(layer)}"
-    source = ZarrSource(str(store.activations_path), store.layer_name(layer))
+    where = store.where(f"{ACTIVATIONS}/{store.layer_name(layer)}")
+    source = ZarrSource(store.where(ACTIVATIONS), store.layer_name(layer))
     if source.n == 0:
         raise UserError(f"{where}: empty layer (0 tokens); nothing to cluster")
     ks = check_k(cfg.k, source.n, f"tokens in layer {layer}")
@@ -174,7 +183,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
                             f"tokens ({source.n})")
     t_start = time.perf_counter()
     store.set_stage(f"cluster:layer_{layer}", "running", k=ks, method=cfg.method, m=m)
-    ldir = LayerDir(store.clusters_dir(layer))
+    ldir = LayerDir(store, layer)
     base = {"fingerprint": _fingerprint(source), "seed": cfg.seed}
     if device is not None:  # the FAISS path's keys stay as they were, so existing stores resume
         base["backend"] = backend_name(device)
@@ -191,7 +200,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
         sse = part.sq_norm - float((np.einsum("ij,ij->i", sums, sums) / sizes).sum())
         per_k[k] = {"sse": sse, "largest": int(sizes.max()), "smallest": int(sizes.min())}
         kkey = {**key, "k": k, "examples": cfg.examples}
-        if ldir.have(f"labels_k{k}.npy", kkey) and store.concepts_path(layer, k).is_file():
+        if ldir.have(f"labels_k{k}.npy", kkey) and store.has_concepts(layer, k):
             continue
         labels = micro_labels[k][part.token_micro]
         if tokens is None:
@@ -200,7 +209,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
                               n_examples=cfg.examples)
         store.write_concepts(layer, k, table)
         ldir.save(f"labels_k{k}.npy", labels, kkey)
-        log_event(log, "concepts written", layer=layer, k=k, path=store.concepts_path(layer, k))
+        log_event(log, "concepts written", layer=layer, k=k, path=store.where(store.concepts_key(layer, k)))
     summary: dict[str, Any] = {"layer": layer, "tokens": source.n, "dim": source.d, "method": cfg.method,
                                "backend": backend_name(device),
                                "micro": len(part.sizes), "k": ks, "per_k": per_k,
@@ -216,7 +225,7 @@ def _tables(store: RunStore, n: int):
     tokens = store.read_tokens(["row", "sentence_id", "position", "word"]).sort_by("row")
     rows = tokens.column("row").to_numpy()
     if len(rows) != n or (n and (rows[0] != 0 or rows[-1] != n - 1 or len(np.unique(rows)) != n)):
-        raise UserError(f"{store.tokens_path}: rows do not match the layer's {n} rows (0..{n - 1}); "
+        raise UserError(f"{store.where(TOKENS)}: rows do not match the layer's {n} rows (0..{n - 1}); "
                         f"re-run extraction")
     return tokens, store.read_sentences()
 
@@ -227,14 +236,13 @@ def _quality(source: ZarrSource, cfg: ClusterConfig, ks: list[int], ldir: LayerD
     key = {**base, "evaluate": size, "k": ks, "micro": cfg.micro, "iters": cfg.kmeans_iters,
            "sample_per_micro": cfg.sample_per_micro, "graph_max": cfg.graph_max, "dense_max": cfg.dense_max,
            "neighbors": cfg.neighbors}
-    if ldir.state.get("quality.json") == key and (ldir.path / "quality.json").is_file():
-        return json.loads((ldir.path / "quality.json").read_text())
+    if ldir.have("quality.json", key):
+        return ldir.load_json("quality.json")
     x = read_rows(source, sample_indices(source.n, size, cfg.seed), where)
     micro = cfg.micro if cfg.micro and cfg.micro <= size else default_micro(size, max(ks), cfg.graph_max)
     rows = evaluate(x, [k for k in ks if k <= size], seed=cfg.seed, micro=micro, iters=cfg.kmeans_iters,
                     per_micro=cfg.sample_per_micro, dense_max=cfg.dense_max, neighbors=cfg.neighbors)
-    atomic_write_bytes(ldir.path / "quality.json", json.dumps(rows, indent=1).encode())
-    ldir.mark("quality.json", key)
+    ldir.save_json("quality.json", rows, key)
     for r in rows:
         log_event(log, "quality", layer=where, k=r["k"], ari=r["ari_vs_exact"], nmi=r["nmi_vs_exact"],
                   sse_ratio=r["sse_ratio_vs_exact"], kmeans_ari=r["kmeans_ari_vs_exact"],
@@ -247,7 +255,7 @@ def cluster_run(store: RunStore, cfg: ClusterConfig) -> dict:
     check_k(cfg.k, max(cfg.k, default=1))
     layers = cfg.layers or stored_layers(store)
     if not layers:
-        raise UserError(f"{store.activations_path}: no layers stored; run `cluster-service extract` first")
+        raise UserError(f"{store.where(ACTIVATIONS)}: no layers stored; run `cluster-service extract` first")
     use_ray = _ray(cfg)
     store.record_config("cluster", dataclasses.asdict(cfg))
     out = {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}

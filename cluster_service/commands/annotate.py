@@ -17,7 +17,7 @@ def register(sub) -> None:
         description=__doc__ + " Labels, their metadata and failure reasons are added to "
         "RUN/concepts/layer_L_kK.parquet; replies are cached in RUN/annotations.sqlite, "
         "so a rerun never repeats a call that succeeded.")
-    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("run", metavar="RUN", help="run directory or object-store URL")
     p.add_argument("--layer", type=int, required=True, help="layer of the concept table")
     p.add_argument("--k", type=int, required=True, help="number of concepts (K) of the concept table")
     p.add_argument("--config", default=None, help="TOML/YAML config file; its [annotate] section is used")

@@ -13,7 +13,7 @@ from ..store import RunStore
 def register(sub) -> None:
     p = sub.add_parser("cluster", help="cluster stored activations into concepts (approximate or exact Ward)",
                        description=__doc__)
-    p.add_argument("run", metavar="RUN", help="run directory (made by `cluster-service extract`)")
+    p.add_argument("run", metavar="RUN", help="run directory or object-store URL (made by `cluster-service extract`)")
     p.add_argument("--config", default=None, help="TOML/YAML file; its [cluster] section sets defaults")
     p.add_argument("--layer", dest="layers", type=lambda s: [int(x) for x in s.split(",") if x.strip()],
                    default=None, metavar="L[,L...]", help="alias of --layers")

@@ -11,7 +11,8 @@ from ..extract.config import ExtractConfig
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="run directory (created if missing, resumed if it exists)")
+    parser.add_argument("run", metavar="RUN", help="run directory or object-store URL such as s3://bucket/prefix "
+                        "(created if missing, resumed if it exists)")
     parser.add_argument("--config", metavar="FILE",
                         help="TOML or YAML file with [corpus], [extract], [cluster], [annotate] sections; "
                              "flags override it")

@@ -29,7 +29,8 @@ SECTIONS = (("corpus", CorpusConfig, "corpus-"), ("extract", ExtractConfig, ""),
 def register(sub) -> None:
     p = sub.add_parser("run", help="run every stage (extract, cluster, annotate) from one configuration",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", nargs="?", default=DEMO_RUN, help=f"run directory (default: {DEMO_RUN})")
+    p.add_argument("run", metavar="RUN", nargs="?", default=DEMO_RUN,
+                   help=f"run directory or object-store URL such as s3://bucket/prefix (default: {DEMO_RUN})")
     p.add_argument("--config", metavar="FILE",
                    help="TOML or YAML file with [corpus], [extract], [cluster], [annotate] sections; flags override it")
     p.add_argument("--stages", default=None, metavar="LIST",
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
     cfg = PipelineConfig.from_sections(sections_from_args(args), stages)
     run_pipeline(args.run, cfg)
-    info = summarize(RunStore(args.run))
-    print(json.dumps(info, indent=2))
-    print(f"results: {RunStore(args.run).root.resolve()}")
+    store = RunStore(args.run)
+    print(json.dumps(summarize(store), indent=2))
+    print(f"results: {store.root.resolve() if store.is_local else store.where()}")
     return 0

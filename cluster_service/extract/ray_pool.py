@@ -61,7 +61,7 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: Shard
     n, resources = plan_workers(cfg)
     threads = int(resources["num_cpus"]) if "num_gpus" not in resources else 0
     actor_cls = ray.remote(ExtractWorker).options(max_restarts=3, max_task_retries=3, max_concurrency=2, **resources)
-    actors = [actor_cls.remote(str(store.root), cfg, layers, threads) for _ in range(n)]
+    actors = [actor_cls.remote(store.where(), cfg, layers, threads) for _ in range(n)]
     log_event(log, "ray workers", actors=n, **resources)
     attempts: dict[int, int] = {}
     todo = list(shards)
@@ -76,9 +76,25 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: Shard
                     raise RuntimeError(f"shard {s} failed {MAX_ATTEMPTS} times; see the worker logs")
             if todo:
                 log_event(log, "retrying shards", level=logging.WARNING, shards=todo)
+    timing = worker_timing(actors)
     for a in actors:
         ray.kill(a)
-    return {"steady_tokens_per_s": clock.rate()}
+    return {"steady_tokens_per_s": clock.rate(), "worker_timing": timing}
+
+
+def worker_timing(actors: list) -> list[dict]:
+    """Each live actor's time split (see ExtractWorker.stats), logged: the first place to look when
+    adding GPUs stops adding throughput."""
+    out = []
+    for i, actor in enumerate(actors):
+        try:
+            stats = ray.get(actor.stats.remote(), timeout=30)
+        except (ray.exceptions.RayError, TimeoutError):
+            continue
+        log_event(log, "worker timing", actor=i, **{k: round(v, 2) if isinstance(v, float) else v
+                                                   for k, v in stats.items()})
+        out.append(stats)
+    return out
 
 
 class Clock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..corpus import CorpusConfig, ingest
 from ..errors import UserError
 from ..logs import log_event
 from ..progress import progress_bar
-from ..store import RunStore, atomic_write_parquet
+from ..store import ACTIVATIONS, DONE, SENTENCES, TOKENS, RunStore
 from .config import ExtractConfig
 from .model import model_shape, resolve_layers, resolve_model_name
 from .tasks import ShardTasks
@@ -59,7 +58,7 @@ def prepare_store(store: RunStore, corpus: CorpusConfig, cfg: ExtractConfig) -> 
                  for sec in ("corpus", "extract") for k, v in wanted[sec].items()
                  if have.get(sec, {}).get(k) != v]
         if diffs:
-            raise UserError(f"{store.root}: exists with another configuration ({'; '.join(diffs)}); "
+            raise UserError(f"{store.where()}: exists with another configuration ({'; '.join(diffs)}); "
                             "use a new run directory")
         return manifest
     n_layers, hidden = model_shape(cfg.model, cfg.trust_remote_code)
@@ -67,12 +66,11 @@ def prepare_store(store: RunStore, corpus: CorpusConfig, cfg: ExtractConfig) -> 
     t0 = time.perf_counter()
     data = ingest(corpus)
     n_rows = data.tokens.num_rows
-    if store.activations_path.exists():  # left by a run killed before run.json: start clean
-        shutil.rmtree(store.activations_path)
-    shutil.rmtree(store.done_dir, ignore_errors=True)
-    store.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_parquet(store.sentences_path, data.sentences)
-    atomic_write_parquet(store.tokens_path, data.tokens)
+    store.remove(ACTIVATIONS)  # left by a run killed before run.json: start clean
+    store.remove(DONE)
+    store.create()
+    store.write_parquet(SENTENCES, data.sentences)
+    store.write_parquet(TOKENS, data.tokens)
     create_layer_arrays(store, layers, n_rows, hidden, cfg.shard_rows, cfg.chunk_rows)
     manifest = {
         "config": wanted,
@@ -88,7 +86,7 @@ def prepare_store(store: RunStore, corpus: CorpusConfig, cfg: ExtractConfig) -> 
         "stages": {"extract": {"status": "running"}},
     }
     store.write_manifest(manifest)
-    log_event(log, "store created", run=str(store.root), tokens=n_rows, sentences=data.sentences.num_rows,
+    log_event(log, "store created", run=store.where(), tokens=n_rows, sentences=data.sentences.num_rows,
               layers=len(layers), seconds=time.perf_counter() - t0)
     return manifest
 
@@ -119,10 +117,10 @@ def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[
         raise RuntimeError(f"extract: shards {missing[:10]} were not completed")
     seconds = time.perf_counter() - t0
     store.set_stage("extract", "done", shards=len(ranges))
-    summary = {"run": str(store.root), "tokens": manifest["tokens"], "layers": layers,
+    summary = {"run": store.where(), "tokens": manifest["tokens"], "layers": layers,
                "shards_computed": len(todo), "rows_computed": rows_todo, "seconds": round(seconds, 3),
                "tokens_per_s": round(rows_todo / seconds, 1) if todo and seconds else None, **stats}
-    log_event(log, "extract done", **summary)
+    log_event(log, "extract done", **{k: v for k, v in summary.items() if k != "worker_timing"})
     return summary
 
 
@@ -130,7 +128,7 @@ def run_local(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: Sha
               rows: int) -> None:
     from .worker import ExtractWorker
 
-    worker = ExtractWorker(str(store.root), cfg, layers, threads=cfg.cpus_per_worker)
+    worker = ExtractWorker(store.where(), cfg, layers, threads=cfg.cpus_per_worker)
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
         worker.process_all((tasks.task(s) for s in shards), bar)
 
