@@ -41,6 +41,8 @@ from cluster_service.extract.worker import ExtractWorker  # noqa: E402
 from cluster_service.extract.writer import ShardWriter, create_layer_arrays, shard_ranges  # noqa: E402
 from cluster_service.store import RunStore  # noqa: E402
 
+KEYS = ("model", "gpus", "layers", "mode")
+
 
 def sync(lm) -> None:
     if lm.device.type == "cuda":
@@ -202,29 +204,46 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     return rows
 
 
-def ray_host_sink(run: str, cfg, layers, tasks, gpus: int) -> tuple[int, float]:
-    """Actors up to pinned host memory, vectors dropped: rows/s after each actor's warm-up shard."""
+def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus: int) -> tuple[int, float, list]:
+    """Actors up to pinned host memory, vectors dropped: rows/s after each actor's warm-up shard.
+
+    Tasks are built as shards are handed out, as the extract stage does, so the driver's share of
+    the work is the same as in a real run."""
     import ray
 
+    from cluster_service.extract.ray_pool import worker_timing
     from cluster_service.extract.worker import ExtractWorker
 
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // gpus)
+    cpus = max(1, min(4, int(ray.cluster_resources().get("CPU", 1)) // gpus))
     actor_cls = ray.remote(ExtractWorker).options(num_gpus=1, num_cpus=cpus, max_concurrency=2)
     actors = [actor_cls.remote(run, cfg, layers, 0, "host") for _ in range(gpus)]
-    ray.get([a.process.remote(tasks[i]) for i, a in enumerate(actors)])
-    queue, inflight, rows = list(tasks[gpus:]), {}, 0
+    ray.get([a.process.remote(source.task(i)) for i, a in enumerate(actors)])
+    ray.get([a.stats.remote(reset=True) for a in actors])  # time the steady state only
+    queue, inflight, rows = list(range(gpus, n_shards)), {}, 0
+    load = [0] * gpus
     t0 = time.perf_counter()
     while queue or inflight:
         for i, a in enumerate(actors):
-            while queue and sum(1 for v in inflight.values() if v == i) < 2:
-                inflight[a.process.remote(queue.pop(0))] = i
+            while queue and load[i] < 2:
+                inflight[a.process.remote(source.task(queue.pop()))] = i
+                load[i] += 1
         ready, _ = ray.wait(list(inflight), num_returns=1)
-        inflight.pop(ready[0])
+        load[inflight.pop(ready[0])] -= 1
         rows += ray.get(ready[0])
     seconds = time.perf_counter() - t0
+    timing = worker_timing(actors)
     for a in actors:
         ray.kill(a)
-    return rows, seconds
+    return rows, seconds, timing
+
+
+def timing_fields(timing: list[dict], seconds: float) -> dict:
+    """The busiest actor's time split, as fractions of the measured wall time."""
+    if not timing:
+        return {}
+    worst = max(timing, key=lambda t: t["model_s"])
+    return {f"actor_{k.removesuffix('_s')}_fraction": round(worst[k] / seconds, 3)
+            for k in ("prep_s", "model_s", "write_wait_s")}
 
 
 def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts: list[int]) -> list[dict]:
@@ -244,7 +263,6 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     shutil.rmtree(run, ignore_errors=True)
     manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
     source = ShardTasks(RunStore(run), cfg.shard_rows)
-    tasks = [source.task(s) for s in range(manifest["shards"])]
     init_ray()
     visible = int(ray.cluster_resources().get("GPU", 0))
     machine = args.machine or f"{visible}x {torch.cuda.get_device_name(0)}"
@@ -253,8 +271,9 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     for g in gpu_counts:
         base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
                 "bytes_per_token": bpt}
-        n, sec = ray_host_sink(str(run), cfg, layers, tasks, g)
-        rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec})
+        n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g)
+        rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec,
+                     **timing_fields(timing, sec)})
         writers = dataclasses.replace(cfg, writer_threads=g * cfg.writer_threads)
         sec, nbytes = disk_write(workdir, layers, manifest["tokens"], hidden, writers)
         gbps = nbytes / sec / 1e9
@@ -265,7 +284,10 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
         summary = run_extract(str(full_run), corpus_cfg, dataclasses.replace(cfg, workers=g))
         rate = summary.get("steady_tokens_per_s") or summary["tokens_per_s"]
         rows.append({**base, "mode": "full", "tokens": summary["tokens"], "seconds": summary["seconds"],
-                     "tokens_per_s": rate, "write_gbps": gbps, "write_fraction_of_disk": rate * bpt / 1e9 / gbps})
+                     "tokens_per_s": rate, "write_gbps": gbps, "write_fraction_of_disk": rate * bpt / 1e9 / gbps,
+                     **timing_fields(summary.get("worker_timing", []), summary["seconds"])})
+        print_table(rows[-3:], ["gpus", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps"])
+        merge_rows("extract", rows, KEYS)  # kept as each count finishes: a later crash loses only its own rows
         shutil.rmtree(full_run, ignore_errors=True)
     one = {r["mode"]: r["tokens_per_s"] for r in rows if r["gpus"] == gpu_counts[0]}
     for r in rows:
@@ -303,8 +325,9 @@ def main() -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     print_table(rows, ["machine", "model", "gpus", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps",
                        "roofline_tokens_per_s", "fraction_of_roofline", "speedup_vs_one_sentence",
-                       "write_fraction_of_disk", "scaling_vs_1_gpu"])
-    print(merge_rows("extract", rows, ("model", "gpus", "layers", "mode")))
+                       "write_fraction_of_disk", "scaling_vs_1_gpu", "actor_prep_fraction", "actor_model_fraction",
+                       "actor_write_wait_fraction"])
+    print(merge_rows("extract", rows, KEYS))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
@@ -42,6 +43,9 @@ class ExtractWorker:
         self.slots = threading.BoundedSemaphore(n_writers + 1)  # shards computed but not yet written
         self.pending: list[Future] = []
         self.model_lock = threading.Lock()
+        # where an actor's time goes, so a scaling run can tell CPU preparation from the model from storage
+        self.timing = {"shards": 0, "prep_s": 0.0, "model_s": 0.0, "write_wait_s": 0.0}
+        self.timing_lock = threading.Lock()
         self.cuda = self.lm.device.type == "cuda"
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(device=self.lm.device)
@@ -59,12 +63,19 @@ class ExtractWorker:
         Thread-safe: preparation (tokenizing, planning batches) runs outside the model lock, so with
         two callers one shard is prepared on the CPU while the other is on the model.
         """
+        t0 = time.perf_counter()
         batches = self.computer.batches(task)
+        t1 = time.perf_counter()
         self.slots.acquire()
+        t2 = time.perf_counter()
         try:
             with self.model_lock:
+                t3 = time.perf_counter()
                 out = self.computer.compute(task, batches)
                 host = self._to_host(out) if self.cuda else None
+                t4 = time.perf_counter()
+            with self.timing_lock:
+                self._add(shards=1, prep_s=t1 - t0, write_wait_s=t2 - t1, model_s=t4 - t3)
             if host is not None:
                 fut = self.pool.submit(self._write_from_host, task, *host)
             else:
@@ -90,6 +101,20 @@ class ExtractWorker:
                     self._count(finished, progress)
             self._count(running, progress)
         self.flush()
+
+    def _add(self, **amounts: float) -> None:
+        for key, value in amounts.items():
+            self.timing[key] += value
+
+    def stats(self, reset: bool = False) -> dict[str, float]:
+        """Seconds spent preparing shards on the CPU, holding the model (forward, pooling, launching
+        the host copy; GPU work is asynchronous, so this is a lower bound on its time) and waiting for
+        a free write slot, summed over shards."""
+        with self.timing_lock:
+            out = {"pid": os.getpid(), **self.timing}
+            if reset:
+                self.timing = dict.fromkeys(self.timing, 0)
+            return out
 
     @staticmethod
     def _count(futures, progress) -> None:
