@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import re
 import signal
 import sqlite3
@@ -243,3 +244,23 @@ def test_unusable_urls_are_one_line_errors(verb, capsys, tmp_path):
     assert out.returncode == 2 and out.stderr.strip().startswith("error: ") and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not any(tmp_path.iterdir()), "nothing may be written locally for a URL"
+
+
+def test_submit_takes_an_s3_run_and_refuses_an_unusable_url(tmp_path, capsys):
+    """`submit --run s3://...` passes the run check and goes on to the cluster (here: none listening)."""
+    config = tmp_path / "job.toml"
+    config.write_text(f"[cluster]\nk = [{K}]\n")
+    nowhere = "http://127.0.0.1:9"
+    for run, needle in ((f"s3://{BUCKET}/submitted", "cannot reach"), ("gs://bucket/run", "pip install gcsfs")):
+        assert cli(["submit", str(config), "--address", nowhere, "--run", run]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
+def test_store_pickles_as_its_location_without_credentials(s3):
+    store = RunStore(f"s3://{BUCKET}/pickled/")
+    store.write_bytes("a/b.json", b"{}")
+    blob = pickle.dumps(store)
+    assert b"testing" not in blob and len(blob) < 200
+    again = pickle.loads(blob)
+    assert again.where() == f"s3://{BUCKET}/pickled" and again.listdir("a") == ["b.json"]
