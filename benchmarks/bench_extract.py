@@ -88,8 +88,9 @@ def pipeline(run: str, cfg, layers, tasks, sink: str) -> float:
     return time.perf_counter() - t0
 
 
-def disk_write(workdir: Path, layers, n_rows: int, hidden: int, cfg) -> tuple[float, int]:
-    """GB/s that whole-shard writes (with fsync, as extraction does) reach from ``writer_threads`` threads."""
+def disk_write(workdir: Path, layers, n_rows: int, hidden: int, cfg, seconds: float = 0) -> tuple[float, int]:
+    """GB/s that whole-shard writes (with fsync, as extraction does) reach from ``writer_threads`` threads
+    (stopping after ``seconds`` when it is set)."""
     store = RunStore(workdir / "disk_write")
     create_layer_arrays(store, layers, n_rows, hidden, cfg.shard_rows, cfg.chunk_rows)
     writer = ShardWriter(store, layers)
@@ -97,15 +98,18 @@ def disk_write(workdir: Path, layers, n_rows: int, hidden: int, cfg) -> tuple[fl
     block = np.random.default_rng(0).standard_normal((len(layers), cfg.shard_rows, hidden)).astype(np.float16)
     nxt = iter(range(len(ranges)))
     lock = threading.Lock()
+    written = [0]
 
     def work() -> None:
         while True:
             with lock:
                 i = next(nxt, None)
-            if i is None:
+            if i is None or (seconds and time.perf_counter() - t0 > seconds):
                 return
             a, b = ranges[i]
             writer.write(i, a, b, block[:, : b - a])
+            with lock:
+                written[0] += b - a
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=work) for _ in range(max(1, cfg.writer_threads))]
@@ -113,9 +117,9 @@ def disk_write(workdir: Path, layers, n_rows: int, hidden: int, cfg) -> tuple[fl
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
     shutil.rmtree(store.root)
-    return seconds, n_rows * len(layers) * hidden * 2
+    return elapsed, written[0] * len(layers) * hidden * 2
 
 
 def one_sentence_baseline(lm, store: RunStore, layers, pooling: str, limit_rows: int,
@@ -204,8 +208,10 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     return rows
 
 
-def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus: int) -> tuple[int, float, list]:
-    """Actors up to pinned host memory, vectors dropped: rows/s after each actor's warm-up shard.
+def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus: int,
+                  seconds: float = 0) -> tuple[int, float, list]:
+    """Actors up to pinned host memory, vectors dropped: rows/s after each actor's warm-up shard,
+    over the whole corpus or, with ``seconds``, until that much steady-state time has passed.
 
     Tasks are built as shards are handed out, as the extract stage does, so the driver's share of
     the work is the same as in a real run."""
@@ -223,6 +229,8 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
     load = [0] * gpus
     t0 = time.perf_counter()
     while queue or inflight:
+        if seconds and time.perf_counter() - t0 > seconds:
+            queue = []  # the calls in flight finish and count
         for i, a in enumerate(actors):
             while queue and load[i] < 2:
                 inflight[a.process.remote(source.task(queue.pop()))] = i
@@ -230,11 +238,11 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
         ready, _ = ray.wait(list(inflight), num_returns=1)
         load[inflight.pop(ready[0])] -= 1
         rows += ray.get(ready[0])
-    seconds = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
     timing = worker_timing(actors)
     for a in actors:
         ray.kill(a)
-    return rows, seconds, timing
+    return rows, elapsed, timing
 
 
 def timing_fields(timing: list[dict], seconds: float) -> dict:
@@ -271,14 +279,15 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     for g in gpu_counts:
         base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
                 "bytes_per_token": bpt}
-        n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g)
+        n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g, args.seconds)
         rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec,
                      **timing_fields(timing, sec)})
         writers = dataclasses.replace(cfg, writer_threads=g * cfg.writer_threads)
-        sec, nbytes = disk_write(workdir, layers, manifest["tokens"], hidden, writers)
+        sec, nbytes = disk_write(workdir, layers, manifest["tokens"], hidden, writers, args.seconds)
         gbps = nbytes / sec / 1e9
-        rows.append({**base, "mode": "disk_write", "tokens": manifest["tokens"], "seconds": sec,
-                     "tokens_per_s": manifest["tokens"] / sec, "write_gbps": gbps, "writers": writers.writer_threads})
+        written = nbytes // bpt
+        rows.append({**base, "mode": "disk_write", "tokens": written, "seconds": sec,
+                     "tokens_per_s": written / sec, "write_gbps": gbps, "writers": writers.writer_threads})
         full_run = workdir / f"full_{g}"
         shutil.copytree(run, full_run)  # tables and empty arrays: no re-ingestion; extract resumes it
         summary = run_extract(str(full_run), corpus_cfg, dataclasses.replace(cfg, workers=g))
@@ -309,6 +318,8 @@ def main() -> None:
     ap.add_argument("--baseline-rows", type=int, default=20_000, help="rows the one-sentence baseline computes")
     ap.add_argument("--machine", default="", help="machine name for the result rows")
     ap.add_argument("--workdir", default="", help="scratch directory (default: a temporary one)")
+    ap.add_argument("--seconds", type=float, default=0, help="with --gpus: stop host_sink and disk_write after "
+                    "this many steady-state seconds instead of covering the whole corpus (full always does)")
     ap.add_argument("--gpus", default="", help="GPU counts for the Ray scaling runs, e.g. 1,2,4 (host_sink, "
                     "disk_write, full per count; replaces the single-process modes)")
     args = ap.parse_args()
