@@ -228,9 +228,13 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
     queue, inflight, rows = list(range(gpus, n_shards)), {}, 0
     load = [0] * gpus
     t0 = time.perf_counter()
-    while queue or inflight:
+    while True:
         if seconds and time.perf_counter() - t0 > seconds:
             queue = []  # the calls in flight finish and count
+        elif seconds and not queue:
+            queue = list(range(n_shards))  # sinking drops the vectors, so shards may repeat: fill the window
+        if not queue and not inflight:
+            break
         for i, a in enumerate(actors):
             while queue and load[i] < 2:
                 inflight[a.process.remote(source.task(queue.pop()))] = i
@@ -255,6 +259,7 @@ def timing_fields(timing: list[dict], seconds: float) -> dict:
 
 
 def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts: list[int]) -> list[dict]:
+    modes = args.modes.split(",")
     """Scaling over GPUs of one host: host_sink and full (Zarr) with Ray actors, one per GPU."""
     import dataclasses
 
@@ -279,25 +284,31 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     for g in gpu_counts:
         base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
                 "bytes_per_token": bpt}
-        n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g, args.seconds)
-        rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec,
-                     **timing_fields(timing, sec)})
-        writers = dataclasses.replace(cfg, writer_threads=g * cfg.writer_threads)
-        sec, nbytes = disk_write(workdir, layers, manifest["tokens"], hidden, writers, args.seconds)
-        gbps = nbytes / sec / 1e9
-        written = nbytes // bpt
-        rows.append({**base, "mode": "disk_write", "tokens": written, "seconds": sec,
-                     "tokens_per_s": written / sec, "write_gbps": gbps, "writers": writers.writer_threads})
-        full_run = workdir / f"full_{g}"
-        shutil.copytree(run, full_run)  # tables and empty arrays: no re-ingestion; extract resumes it
-        summary = run_extract(str(full_run), corpus_cfg, dataclasses.replace(cfg, workers=g))
-        rate = summary.get("steady_tokens_per_s") or summary["tokens_per_s"]
-        rows.append({**base, "mode": "full", "tokens": summary["tokens"], "seconds": summary["seconds"],
-                     "tokens_per_s": rate, "write_gbps": gbps, "write_fraction_of_disk": rate * bpt / 1e9 / gbps,
-                     **timing_fields(summary.get("worker_timing", []), summary["seconds"])})
-        print_table(rows[-3:], ["gpus", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps"])
+        first = len(rows)
+        if "host_sink" in modes:
+            n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g, args.seconds)
+            rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec,
+                         **timing_fields(timing, sec)})
+        gbps = None
+        if "disk_write" in modes:
+            writers = dataclasses.replace(cfg, writer_threads=g * cfg.writer_threads)
+            sec, nbytes = disk_write(workdir, layers, manifest["tokens"], hidden, writers, args.seconds)
+            gbps = nbytes / sec / 1e9
+            written = nbytes // bpt
+            rows.append({**base, "mode": "disk_write", "tokens": written, "seconds": sec,
+                         "tokens_per_s": written / sec, "write_gbps": gbps, "writers": writers.writer_threads})
+        if "full" in modes:
+            full_run = workdir / f"full_{g}"
+            shutil.copytree(run, full_run)  # tables and empty arrays: no re-ingestion; extract resumes it
+            summary = run_extract(str(full_run), corpus_cfg, dataclasses.replace(cfg, workers=g))
+            rate = summary.get("steady_tokens_per_s") or summary["tokens_per_s"]
+            fraction = {"write_gbps": gbps, "write_fraction_of_disk": rate * bpt / 1e9 / gbps} if gbps else {}
+            rows.append({**base, "mode": "full", "tokens": summary["tokens"], "seconds": summary["seconds"],
+                         "tokens_per_s": rate, **fraction,
+                         **timing_fields(summary.get("worker_timing", []), summary["seconds"])})
+            shutil.rmtree(full_run, ignore_errors=True)
+        print_table(rows[first:], ["gpus", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps"])
         merge_rows("extract", rows, KEYS)  # kept as each count finishes: a later crash loses only its own rows
-        shutil.rmtree(full_run, ignore_errors=True)
     one = {r["mode"]: r["tokens_per_s"] for r in rows if r["gpus"] == gpu_counts[0]}
     for r in rows:
         if r["mode"] in one and r["gpus"] != gpu_counts[0]:
@@ -318,8 +329,10 @@ def main() -> None:
     ap.add_argument("--baseline-rows", type=int, default=20_000, help="rows the one-sentence baseline computes")
     ap.add_argument("--machine", default="", help="machine name for the result rows")
     ap.add_argument("--workdir", default="", help="scratch directory (default: a temporary one)")
-    ap.add_argument("--seconds", type=float, default=0, help="with --gpus: stop host_sink and disk_write after "
-                    "this many steady-state seconds instead of covering the whole corpus (full always does)")
+    ap.add_argument("--seconds", type=float, default=0, help="with --gpus: host_sink and disk_write run for "
+                    "this many steady-state seconds (host_sink repeats shards to fill them) instead of once "
+                    "over the corpus; full always covers the corpus once")
+    ap.add_argument("--modes", default="host_sink,disk_write,full", help="with --gpus: which modes to run")
     ap.add_argument("--gpus", default="", help="GPU counts for the Ray scaling runs, e.g. 1,2,4 (host_sink, "
                     "disk_write, full per count; replaces the single-process modes)")
     args = ap.parse_args()

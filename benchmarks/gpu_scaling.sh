@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Extraction scaling over the GPUs of one lent host (issue 5), run there from the repo root with
 # .gpubundle/ carried along (../shared/gpu/README.md):
-#   bash benchmarks/gpu_scaling.sh CASE WORDS GPUS [SECONDS]
+#   bash benchmarks/gpu_scaling.sh CASE WORDS GPUS [SECONDS [MODES]]
 #   bash benchmarks/gpu_scaling.sh 6 26000000 1,2,4 22      # one layer
 #   bash benchmarks/gpu_scaling.sh all 2500000 1,2,4 22     # all 13 layers (20 KB a word on disk)
 # Logs, the result JSON and (on failure) Ray's session logs land in $OUT.
@@ -14,13 +14,14 @@ export PYTHONPATH=$PWD:$PYTHONPATH CLUSTER_SERVICE_TOKENIZER=$PWD/.gpubundle/tok
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$out/gpus_$1.csv"
 df -h . /tmp > "$out/df_$1.txt"
 timeout "${LIMIT:-540}" python3 benchmarks/bench_extract.py --model random:bert-base --cases "$1" \
-  --tokens "$2" --gpus "$3" --seconds "${4:-22}" --writer-threads 4 --workdir /tmp/bench_scaling \
-  > "$out/bench_$1.log" 2>&1
+  --tokens "$2" --gpus "$3" --seconds "${4:-22}" \
+  --modes "${5:-host_sink,disk_write,full}" --writer-threads 4 --workdir /tmp/bench_scaling \
+  > "$out/bench_$1_${5:-all}.log" 2>&1
 rc=$?
-cp benchmarks/results/extract.json "$out/extract_$1.json"
+cp benchmarks/results/extract.json "$out/extract_$1_${5:-all}.json"
 if [ "$rc" -ne 0 ]; then
   tar czf "$out/ray_logs_$1.tgz" -C /tmp/ray session_latest/logs 2>/dev/null
 fi
-grep -v "Loading weights\|extract:" "$out/bench_$1.log" | tail -40
+grep -v "Loading weights\|extract:" "$out/bench_$1_${5:-all}.log" | tail -40
 rm -rf /tmp/bench_scaling
 exit "$rc"
