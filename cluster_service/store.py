@@ -31,12 +31,13 @@ logs; a RunStore pickles as its location only, so a Ray worker opens the store w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,15 @@ def atomic_write_parquet(path: Path, table: pa.Table) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _access_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning 'this process may not use the store' (botocore's own when s3fs is installed)."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return (PermissionError,)
+    return (PermissionError, NoCredentialsError, PartialCredentialsError)
 
 
 def zarr_store(location: str, read_only: bool = False):
@@ -214,19 +224,36 @@ class RunStore:
         if self.is_local:
             return (self.root / key).exists()
         self.fs.invalidate_cache(self._remote(key))  # another process may have written it since
-        return self.fs.exists(self._remote(key))
+        with self._reach(key):
+            return self.fs.exists(self._remote(key))
 
     def read_bytes(self, key: str) -> bytes:
         if self.is_local:
             return (self.root / key).read_bytes()
-        return self.fs.cat_file(self._remote(key))
+        with self._reach(key):
+            return self.fs.cat_file(self._remote(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Local: temporary file, fsync, rename. Object store: one PUT (the object appears whole)."""
         if self.is_local:
             atomic_write_bytes(self.root / key, data)
         else:
+            self._put(key, data)
+
+    def _put(self, key: str, data: bytes) -> None:
+        with self._reach(key, writing=True):
             self.fs.pipe_file(self._remote(key), data)
+
+    @contextlib.contextmanager
+    def _reach(self, key: str, writing: bool = False) -> Iterator[None]:
+        """Missing credentials, refused access, or (on a write) a missing bucket become one clear line."""
+        errors = _access_errors() + ((FileNotFoundError,) if writing else ())
+        try:
+            yield
+        except errors as exc:
+            raise UserError(f"{self.where(key)}: cannot {'write' if writing else 'read'} ({type(exc).__name__}: "
+                            f"{exc}); check that the bucket exists and that this environment's credentials (for S3: "
+                            "AWS_* variables, AWS_PROFILE, an instance role) may use it") from None
 
     def listdir(self, folder: str) -> list[str]:
         """Names directly under ``folder`` (none if it does not exist), temporary files left out."""
@@ -236,7 +263,8 @@ class RunStore:
         remote = self._remote(folder)
         self.fs.invalidate_cache(remote)  # listings are cached per process; workers add markers meanwhile
         try:
-            return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in self.fs.ls(remote, detail=False))
+            with self._reach(folder):
+                return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in self.fs.ls(remote, detail=False))
         except FileNotFoundError:
             return []
 
@@ -249,7 +277,8 @@ class RunStore:
             else:
                 path.unlink(missing_ok=True)
         elif self.has(key):
-            self.fs.rm(self._remote(key), recursive=True)
+            with self._reach(key, writing=True):
+                self.fs.rm(self._remote(key), recursive=True)
 
     def create(self) -> None:
         """Make the root (object stores have no folders: the bucket must exist, nothing to do)."""
@@ -260,13 +289,14 @@ class RunStore:
         """Bytes stored under the root."""
         if self.is_local:
             return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-        return int(self.fs.du(self._base, total=True))
+        with self._reach(""):
+            return int(self.fs.du(self._base, total=True))
 
     # ---- parquet --------------------------------------------------------------------------------
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
         if self.is_local:
             return pq.read_table(self.root / key, columns=columns)
-        with self.fs.open(self._remote(key), "rb") as fh:  # seekable: only the wanted columns are fetched
+        with self._reach(key), self.fs.open(self._remote(key), "rb") as fh:  # seekable: wanted columns only
             return pq.read_table(fh, columns=columns)
 
     def write_parquet(self, key: str, table: pa.Table) -> None:
@@ -275,7 +305,7 @@ class RunStore:
         else:
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
-            self.fs.pipe_file(self._remote(key), sink.getvalue().to_pybytes())
+            self._put(key, sink.getvalue().to_pybytes())
 
     # ---- manifest -----------------------------------------------------------------------------
     def exists(self) -> bool:

@@ -246,6 +246,14 @@ def test_unusable_urls_are_one_line_errors(verb, capsys, tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be written locally for a URL"
 
 
+def test_a_missing_bucket_is_a_one_line_error(s3, capsys):
+    """The scheme works but the bucket does not exist: refused at the first write, naming the object."""
+    assert cli(["extract", "s3://no-such-bucket/run", "--corpus-max-sentences", "20"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: s3://no-such-bucket/run/") and "bucket exists" in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+
+
 def test_submit_takes_an_s3_run_and_refuses_an_unusable_url(tmp_path, capsys):
     """`submit --run s3://...` passes the run check and goes on to the cluster (here: none listening)."""
     config = tmp_path / "job.toml"
