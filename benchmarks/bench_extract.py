@@ -4,6 +4,7 @@ Modes, all on the same sentences (a token is a stored word occurrence, one row o
   forward_only           the model's forward pass on the very batches extraction builds (no tokenizing,
                          pooling, copies or storage): the compute ceiling
   host_sink              the whole pipeline up to host memory (pinned, on a GPU), vectors then dropped
+  host_sink_prep_in_actor  (--gpus only) the same with shards prepared inside the GPU actor's process
   disk_write             whole-shard Zarr writes of the same shape from the same number of writer threads
   full                   `extract` end to end after ingestion (tokenize, forward, pool, copy, write, fsync)
   one_sentence_baseline  forward one sentence, .cpu(), pool in numpy, write its rows (NeuroX style)
@@ -209,7 +210,7 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
 
 
 def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus: int,
-                  seconds: float = 0) -> tuple[int, float, list]:
+                  seconds: float = 0, prep: str = "task") -> tuple[int, float, list]:
     """Actors up to pinned host memory, vectors dropped: rows/s after each actor's warm-up shard,
     over the whole corpus or, with ``seconds``, until that much steady-state time has passed.
 
@@ -217,13 +218,19 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
     the work is the same as in a real run."""
     import ray
 
-    from cluster_service.extract.ray_pool import worker_timing
+    from cluster_service.extract.ray_pool import prepare, worker_timing
     from cluster_service.extract.worker import ExtractWorker
 
     cpus = max(1, min(4, int(ray.cluster_resources().get("CPU", 1)) // gpus))
     actor_cls = ray.remote(ExtractWorker).options(num_gpus=1, num_cpus=cpus, max_concurrency=2)
     actors = [actor_cls.remote(run, cfg, layers, 0, "host") for _ in range(gpus)]
-    ray.get([a.process.remote(source.task(i)) for i, a in enumerate(actors)])
+    def call(actor, shard: int):
+        task = source.task(shard)
+        if prep == "actor":  # the former design: prepared in the actor's own process
+            return actor.process.remote(task)
+        return actor.process.remote(task.header(), prepare.remote(cfg, task))  # as the extract stage does
+
+    ray.get([call(a, i) for i, a in enumerate(actors)])
     ray.get([a.stats.remote(reset=True) for a in actors])  # time the steady state only
     queue, inflight, rows = list(range(gpus, n_shards)), {}, 0
     load = [0] * gpus
@@ -237,7 +244,7 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
             break
         for i, a in enumerate(actors):
             while queue and load[i] < 2:
-                inflight[a.process.remote(source.task(queue.pop()))] = i
+                inflight[call(a, queue.pop())] = i
                 load[i] += 1
         ready, _ = ray.wait(list(inflight), num_returns=1)
         load[inflight.pop(ready[0])] -= 1
@@ -285,10 +292,13 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
         base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
                 "bytes_per_token": bpt}
         first = len(rows)
-        if "host_sink" in modes:
-            n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g, args.seconds)
-            rows.append({**base, "mode": "host_sink", "tokens": n, "seconds": sec, "tokens_per_s": n / sec,
-                         **timing_fields(timing, sec)})
+        for mode in ("host_sink", "host_sink_prep_in_actor"):
+            if mode in modes:
+                prep = "actor" if mode.endswith("in_actor") else "task"
+                n, sec, timing = ray_host_sink(str(run), cfg, layers, source, manifest["shards"], g,
+                                               args.seconds, prep)
+                rows.append({**base, "mode": mode, "tokens": n, "seconds": sec, "tokens_per_s": n / sec,
+                             **timing_fields(timing, sec)})
         gbps = None
         if "disk_write" in modes:
             writers = dataclasses.replace(cfg, writer_threads=g * cfg.writer_threads)
@@ -332,7 +342,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0, help="with --gpus: host_sink and disk_write run for "
                     "this many steady-state seconds (host_sink repeats shards to fill them) instead of once "
                     "over the corpus; full always covers the corpus once")
-    ap.add_argument("--modes", default="host_sink,disk_write,full", help="with --gpus: which modes to run")
+    ap.add_argument("--modes", default="host_sink,disk_write,full", help="with --gpus: which modes to run; "
+                    "host_sink_prep_in_actor is host_sink with shards prepared in the actor's own process "
+                    "(the design before preparation moved to Ray tasks)")
     ap.add_argument("--gpus", default="", help="GPU counts for the Ray scaling runs, e.g. 1,2,4 (host_sink, "
                     "disk_write, full per count; replaces the single-process modes)")
     args = ap.parse_args()

@@ -11,14 +11,8 @@ from __future__ import annotations
 import torch
 
 from .model import LoadedModel
-from .sequences import Batch, ShardTask, WordPieces, build_plan, make_batches, special_tokens
-
-
-def pad_id(tokenizer) -> int:
-    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if cand is not None:
-            return int(cand)
-    return 0
+from .prepare import Preparer
+from .sequences import Batch, ShardTask
 
 
 class ShardComputer:
@@ -28,18 +22,15 @@ class ShardComputer:
         self.lm = lm
         self.layers = layers
         self.pooling = pooling
-        self.batch_tokens = batch_tokens
-        self.pad_id = pad_id(lm.tokenizer)
-        self.pieces = WordPieces(lm.tokenizer)
-        self.prefix, self.suffix = special_tokens(lm.tokenizer)
+        self.preparer = Preparer(lm.tokenizer, lm.max_length, batch_tokens)
 
     def batches(self, task: ShardTask) -> list[Batch]:
         """CPU-only preparation; safe to run in another thread while the model computes."""
-        plan = build_plan(task, self.pieces, self.prefix, self.suffix, self.lm.max_length)
-        return make_batches(plan, self.batch_tokens, self.pad_id)
+        return self.preparer.batches(task)
 
     def _tensor(self, array):
-        t = torch.from_numpy(array)
+        # batches prepared in another Ray task arrive as read-only views of the object store
+        t = torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
         if self.lm.device.type == "cuda":
             t = t.pin_memory().to(self.lm.device, non_blocking=True)
         return t

@@ -139,17 +139,23 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", max_length:
     cfg = model.config
     n_layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0))) + 1
     hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "n_embd", 0)))
+    limit, n_special = sequence_limit(cfg, tok, max_length)
+    torch.set_grad_enabled(False)
+    return LoadedModel(model, tok, dev, dt, n_layers, hidden, limit, n_special)
+
+
+def sequence_limit(cfg, tokenizer, max_length: int = 0) -> tuple[int, int]:
+    """Subword positions one forward pass may hold (specials included), and how many are specials."""
     limit = int(getattr(cfg, "max_position_embeddings", getattr(cfg, "n_positions", 512)) or 512)
     if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # position ids start after the padding index
     if max_length:
         limit = min(limit, max_length)
-    prefix, suffix = special_tokens(tok)
+    prefix, suffix = special_tokens(tokenizer)
     n_special = len(prefix) + len(suffix)
     if limit - n_special < 1:
         raise UserError(f"--max-length {max_length}: leaves no room beside {n_special} special tokens")
-    torch.set_grad_enabled(False)
-    return LoadedModel(model, tok, dev, dt, n_layers, hidden, limit, n_special)
+    return limit, n_special
 
 
 def model_shape(name: str, trust_remote_code: bool = False) -> tuple[int, int]:

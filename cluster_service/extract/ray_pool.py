@@ -4,7 +4,8 @@ The driver keeps at most two shards in flight per actor (one computing, one queu
 nothing: actors own whole shards and mark them done after the data is durable. An actor that dies
 is restarted by Ray (model reloaded) and the calls it held are retried on it; a shard whose queued
 write died with the actor has no marker, so after every actor has flushed, the shards still without
-one get another round. Shards are idempotent, so at-least-once execution is safe.
+one get another round. Shards are idempotent, so at-least-once execution is safe. Each shard is
+prepared (tokenized, batched) in a Ray task of its own and reaches its actor as finished batches.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from ..logs import log_event
 from ..progress import progress_bar
 from ..store import RunStore
 from .config import ExtractConfig
+from .prepare import prepare_shard
 from .tasks import ShardTasks
 from .writer import done_shards
 
 log = logging.getLogger("cluster_service.extract")
 MAX_ATTEMPTS = 4
+# no CPU reserved: actors may hold every CPU Ray reports, and the driver bounds these to two per actor
+prepare = ray.remote(num_cpus=0, max_retries=3)(prepare_shard)
 
 
 def init_ray(address: str = "") -> None:
@@ -68,7 +72,7 @@ def run_ray(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: Shard
     clock = Clock(warm=len(actors))
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
         while todo:
-            actors = _run_round(actors, tasks, todo, attempts, bar, clock)
+            actors = _run_round(actors, tasks, todo, attempts, bar, clock, cfg)
             finished = done_shards(store)
             todo = [s for s in todo if s not in finished]
             for s in todo:
@@ -122,7 +126,7 @@ class Clock:
 
 
 def _run_round(actors: list, tasks: ShardTasks, todo: list[int], attempts: dict[int, int], bar,
-               clock: Clock) -> list:
+               clock: Clock, cfg: ExtractConfig) -> list:
     queue = list(todo)
     inflight: dict = {}  # ref -> (actor index, shard)
     load = [0] * len(actors)
@@ -134,7 +138,10 @@ def _run_round(actors: list, tasks: ShardTasks, todo: list[int], attempts: dict[
             while queue and load[i] < 2:
                 shard = queue.pop(0)
                 attempts[shard] = attempts.get(shard, 0) + 1
-                inflight[actors[i].process.remote(tasks.task(shard))] = (i, shard)
+                task = tasks.task(shard)
+                # prepared in a task of its own, so the actor's process only drives the model
+                batches = prepare.remote(cfg, task)
+                inflight[actors[i].process.remote(task.header(), batches)] = (i, shard)
                 load[i] += 1
 
     submit()

@@ -39,6 +39,11 @@ class ShardTask:
     row_sentence: np.ndarray  # [rows] index into the sentences of ``text``
     row_position: np.ndarray  # [rows] word index in its sentence
 
+    def header(self) -> ShardTask:
+        """The task without its text: all a worker needs once the batches are prepared elsewhere."""
+        empty = np.zeros(0, dtype=np.int64)
+        return ShardTask(self.shard, self.start, self.stop, "", empty, empty)
+
 
 @dataclass
 class ShardPlan:

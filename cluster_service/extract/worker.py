@@ -22,7 +22,7 @@ from ..store import RunStore
 from .config import ExtractConfig
 from .engine import ShardComputer
 from .model import load_model
-from .sequences import ShardTask
+from .sequences import Batch, ShardTask
 from .writer import ShardWriter
 
 log = logging.getLogger("cluster_service.extract")
@@ -57,14 +57,16 @@ class ExtractWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def process(self, task: ShardTask) -> int:
+    def process(self, task: ShardTask, batches: list[Batch] | None = None) -> int:
         """Compute one shard and queue its write; returns the shard's row count.
 
-        Thread-safe: preparation (tokenizing, planning batches) runs outside the model lock, so with
-        two callers one shard is prepared on the CPU while the other is on the model.
+        ``batches`` are the shard's prepared batches when another process made them (Ray runs);
+        otherwise they are prepared here. Thread-safe: preparation runs outside the model lock, so
+        with two callers one shard is prepared on the CPU while the other is on the model.
         """
         t0 = time.perf_counter()
-        batches = self.computer.batches(task)
+        if batches is None:
+            batches = self.computer.batches(task)
         t1 = time.perf_counter()
         self.slots.acquire()
         t2 = time.perf_counter()

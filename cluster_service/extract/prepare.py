@@ -1,0 +1,59 @@
+"""Shard preparation: sentences to padded subword batches, with the tokenizer only (no weights).
+
+On a GPU the model consumes a shard in tens of milliseconds, and preparing it in the actor's own
+process took about half of that process's time, contending for its interpreter lock with the thread
+that drives the model. Ray runs therefore prepare shards in separate tasks (``prepare_shard``) and
+hand the actor finished batches; the local engine prepares in a thread of its one process.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from .config import ExtractConfig
+from .sequences import Batch, ShardTask, WordPieces, build_plan, make_batches, special_tokens
+
+
+def pad_id(tokenizer) -> int:
+    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if cand is not None:
+            return int(cand)
+    return 0
+
+
+class Preparer:
+    """Everything tokenizer-side a shard needs; its word-piece cache grows over the shards it sees."""
+
+    def __init__(self, tokenizer, max_length: int, batch_tokens: int):
+        self.max_length = max_length
+        self.batch_tokens = batch_tokens
+        self.pad_id = pad_id(tokenizer)
+        self.pieces = WordPieces(tokenizer)
+        self.prefix, self.suffix = special_tokens(tokenizer)
+
+    def batches(self, task: ShardTask) -> list[Batch]:
+        plan = build_plan(task, self.pieces, self.prefix, self.suffix, self.max_length)
+        return make_batches(plan, self.batch_tokens, self.pad_id)
+
+
+_cached: dict[tuple, Preparer] = {}
+_lock = threading.Lock()
+
+
+def preparer_for(cfg: ExtractConfig) -> Preparer:
+    """One Preparer per process and model settings: Ray reuses worker processes, so the tokenizer is
+    loaded once and the word-piece cache stays warm across the shards a process prepares."""
+    from .model import load_config_only, load_tokenizer, sequence_limit
+
+    key = (cfg.model, cfg.max_length, cfg.batch_tokens, cfg.trust_remote_code)
+    with _lock:
+        if key not in _cached:
+            tokenizer = load_tokenizer(cfg.model, cfg.trust_remote_code)
+            limit, _ = sequence_limit(load_config_only(cfg.model, cfg.trust_remote_code), tokenizer,
+                                      cfg.max_length)
+            _cached[key] = Preparer(tokenizer, limit, cfg.batch_tokens)
+        return _cached[key]
+
+
+def prepare_shard(cfg: ExtractConfig, task: ShardTask) -> list[Batch]:
+    return preparer_for(cfg).batches(task)
