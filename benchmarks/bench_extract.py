@@ -42,7 +42,7 @@ from cluster_service.extract.worker import ExtractWorker  # noqa: E402
 from cluster_service.extract.writer import ShardWriter, create_layer_arrays, shard_ranges  # noqa: E402
 from cluster_service.store import RunStore  # noqa: E402
 
-KEYS = ("model", "gpus", "layers", "mode")
+KEYS = ("model", "gpus", "layers", "mode", "engine")
 
 
 def sync(lm) -> None:
@@ -185,7 +185,7 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
     bpt = len(layers) * hidden * 2
     base = {"machine": machine, "model": args.model or "all-MiniLM-L6-v2", "device": lm.device.type, "gpus": gpus,
-            "layers": len(layers), "bytes_per_token": bpt}
+            "layers": len(layers), "bytes_per_token": bpt, "engine": "local"}
     rows = []
     words, sec = forward_only(lm, tasks, layers, cfg)
     fwd = words / sec
@@ -218,6 +218,7 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
     the work is the same as in a real run."""
     import ray
 
+    import cluster_service.extract.ray_pool as ray_pool
     from cluster_service.extract.ray_pool import prepare, worker_timing
     from cluster_service.extract.worker import ExtractWorker
 
@@ -243,7 +244,7 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
         if not queue and not inflight:
             break
         for i, a in enumerate(actors):
-            while queue and load[i] < 2:
+            while queue and load[i] < (2 if prep == "actor" else ray_pool.IN_FLIGHT):
                 inflight[call(a, queue.pop())] = i
                 load[i] += 1
         ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -266,12 +267,13 @@ def timing_fields(timing: list[dict], seconds: float) -> dict:
 
 
 def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts: list[int]) -> list[dict]:
-    modes = args.modes.split(",")
     """Scaling over GPUs of one host: host_sink and full (Zarr) with Ray actors, one per GPU."""
+    modes = args.modes.split(",")
     import dataclasses
 
     import ray
 
+    import cluster_service.extract.ray_pool as ray_pool
     from cluster_service.extract.ray_pool import init_ray
 
     n_layers, hidden = model_shape(args.model)
@@ -290,7 +292,7 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     rows: list[dict] = []
     for g in gpu_counts:
         base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
-                "bytes_per_token": bpt}
+                "bytes_per_token": bpt, "engine": "ray", "in_flight": ray_pool.IN_FLIGHT}
         first = len(rows)
         for mode in ("host_sink", "host_sink_prep_in_actor"):
             if mode in modes:
@@ -345,9 +347,15 @@ def main() -> None:
     ap.add_argument("--modes", default="host_sink,disk_write,full", help="with --gpus: which modes to run; "
                     "host_sink_prep_in_actor is host_sink with shards prepared in the actor's own process "
                     "(the design before preparation moved to Ray tasks)")
+    ap.add_argument("--in-flight", type=int, default=0, help="with --gpus: shards in flight per actor "
+                    "(default: the extract stage's IN_FLIGHT)")
     ap.add_argument("--gpus", default="", help="GPU counts for the Ray scaling runs, e.g. 1,2,4 (host_sink, "
                     "disk_write, full per count; replaces the single-process modes)")
     args = ap.parse_args()
+    if args.in_flight:
+        import cluster_service.extract.ray_pool as ray_pool
+
+        ray_pool.IN_FLIGHT = args.in_flight
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_extract_"))
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = make_corpus(workdir, args.tokens)

@@ -15,13 +15,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv > "$out/gpus_$1.csv"
 df -h . /tmp > "$out/df_$1.txt"
 timeout "${LIMIT:-540}" python3 benchmarks/bench_extract.py --model random:bert-base --cases "$1" \
   --tokens "$2" --gpus "$3" --seconds "${4:-22}" \
-  --modes "${5:-host_sink,disk_write,full}" --writer-threads 4 --workdir /tmp/bench_scaling \
-  > "$out/bench_$1_${5:-all}.log" 2>&1
+  --modes "${5:-host_sink,disk_write,full}" --writer-threads 4 ${IN_FLIGHT:+--in-flight "$IN_FLIGHT"} --workdir /tmp/bench_scaling \
+  > "$out/bench_$1_${IN_FLIGHT:-d}.log" 2>&1
 rc=$?
-cp benchmarks/results/extract.json "$out/extract_$1_${5:-all}.json"
+cp benchmarks/results/extract.json "$out/extract_$1_${IN_FLIGHT:-d}.json"
 if [ "$rc" -ne 0 ]; then
   tar czf "$out/ray_logs_$1.tgz" -C /tmp/ray session_latest/logs 2>/dev/null
 fi
-grep -v "Loading weights\|extract:" "$out/bench_$1_${5:-all}.log" | tail -40
+grep -v "Loading weights\|extract:" "$out/bench_$1_${IN_FLIGHT:-d}.log" | tail -40
 rm -rf /tmp/bench_scaling
 exit "$rc"

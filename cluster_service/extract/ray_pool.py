@@ -1,6 +1,6 @@
 """Extraction over Ray actors: one per GPU (or CPU workers), the model loaded once per actor.
 
-The driver keeps at most two shards in flight per actor (one computing, one queued) and writes
+The driver keeps at most IN_FLIGHT shards in flight per actor and writes
 nothing: actors own whole shards and mark them done after the data is durable. An actor that dies
 is restarted by Ray (model reloaded) and the calls it held are retried on it; a shard whose queued
 write died with the actor has no marker, so after every actor has flushed, the shards still without
@@ -26,7 +26,10 @@ from .writer import done_shards
 
 log = logging.getLogger("cluster_service.extract")
 MAX_ATTEMPTS = 4
-# no CPU reserved: actors may hold every CPU Ray reports, and the driver bounds these to two per actor
+# shards handed to an actor before it finishes one: one computing, one whose second thread waits for
+# the model, and one more whose batches are being prepared meanwhile (with two, the model idled ~30%)
+IN_FLIGHT = 4
+# no CPU reserved: actors may hold every CPU Ray reports; the driver bounds these to IN_FLIGHT per actor
 prepare = ray.remote(num_cpus=0, max_retries=3)(prepare_shard)
 
 
@@ -135,7 +138,7 @@ def _run_round(actors: list, tasks: ShardTasks, todo: list[int], attempts: dict[
 
     def submit() -> None:
         for i in sorted(alive, key=lambda j: load[j]):
-            while queue and load[i] < 2:
+            while queue and load[i] < IN_FLIGHT:
                 shard = queue.pop(0)
                 attempts[shard] = attempts.get(shard, 0) + 1
                 task = tasks.task(shard)
