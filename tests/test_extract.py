@@ -303,3 +303,37 @@ def test_decoder_model_without_special_tokens(tmp_path, tiny_decoder):
             np.testing.assert_allclose(arrays[:, row].astype(np.float32), ref[:, pos], rtol=2e-2, atol=2e-2)
             checked += 1
     assert checked >= 5 and windowed >= 1
+
+
+@pytest.mark.integration
+def test_a_computed_shard_returns_while_the_next_one_holds_the_model(tmp_path):
+    """A shard off the model must return at once: if it waited for the next shard's forward passes,
+    its caller (a Ray concurrency slot, a local thread) could not hand over a new shard meanwhile and
+    the model would idle between shards."""
+    from cluster_service.extract.stage import prepare_store
+    from cluster_service.extract.tasks import ShardTasks
+    from cluster_service.extract.worker import ExtractWorker
+
+    corpus = write_corpus(tmp_path / "c.txt", SENTENCES)
+    cfg = ExtractConfig(engine="local", layers=[3], shard_rows=8)
+    store = RunStore(tmp_path / "run")
+    prepare_store(store, CorpusConfig(path=corpus), cfg)
+    task = ShardTasks(store, cfg.shard_rows).task(0)
+    worker = ExtractWorker(store.where(), cfg, [3])
+    computed = threading.Event()
+    compute = worker.computer.compute
+
+    def compute_then_signal(*args):
+        out = compute(*args)
+        computed.set()
+        return out
+
+    worker.computer.compute = compute_then_signal
+    done = threading.Event()
+    caller = threading.Thread(target=lambda: (worker.process(task), done.set()), daemon=True)
+    caller.start()
+    assert computed.wait(60)
+    with worker.model_lock:  # as the next shard's forward passes would
+        assert done.wait(10), "process() waited for the model after its shard was computed"
+    caller.join(10)
+    assert worker.flush() == 1 and done_shards(store) == {0}

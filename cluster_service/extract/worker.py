@@ -43,6 +43,9 @@ class ExtractWorker:
         self.slots = threading.BoundedSemaphore(n_writers + 1)  # shards computed but not yet written
         self.pending: list[Future] = []
         self.model_lock = threading.Lock()
+        # the queued writes have a lock of their own: a shard that has left the model must return at
+        # once, not wait for the next shard's forward passes (its caller's slot would idle the model)
+        self.pending_lock = threading.Lock()
         # where an actor's time goes, so a scaling run can tell CPU preparation from the model from storage
         self.timing = {"shards": 0, "prep_s": 0.0, "model_s": 0.0, "write_wait_s": 0.0}
         self.timing_lock = threading.Lock()
@@ -86,7 +89,7 @@ class ExtractWorker:
             self.slots.release()
             raise
         fut.add_done_callback(lambda _: self.slots.release())
-        with self.model_lock:
+        with self.pending_lock:
             self.pending.append(fut)
             self._raise_failed()
         return task.stop - task.start
@@ -160,7 +163,7 @@ class ExtractWorker:
 
     def flush(self) -> int:
         """Block until every queued shard is written and marked; returns how many were pending."""
-        with self.model_lock:
+        with self.pending_lock:
             pending, self.pending = self.pending, []
         for fut in pending:
             fut.result()
