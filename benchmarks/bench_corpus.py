@@ -2,7 +2,8 @@
 
 Modes: ``ingest_demo`` (the 42.5K WordNet sentences, default config, read → tokens table),
 ``tokenize`` (Moses over a larger corpus made of seeded pairs of demo sentences, by pool size),
-``ingest_large`` (that larger corpus written to a file and ingested with the default pool choice).
+``ingest_large`` (that larger corpus written to a file and ingested with the default pool choice),
+``ingest_large_whitespace`` (the same file with the whitespace tokenizer, which never uses the pool).
 Prints a table and merges rows into ``benchmarks/results/corpus.json`` (../shared/BENCHMARKS.md).
 """
 
@@ -73,6 +74,10 @@ def main() -> None:
         started = time.perf_counter()
         corpus = ingest(CorpusConfig(path=str(path)))
         rows.append(row(args.machine, "ingest_large", "auto", corpus.sentences.num_rows,
+                        corpus.tokens.num_rows, time.perf_counter() - started, "real:wordnet_examples pairs"))
+        started = time.perf_counter()  # pre-tokenized input: split on whitespace, in-process
+        corpus = ingest(CorpusConfig(path=str(path), tokenizer="whitespace"))
+        rows.append(row(args.machine, "ingest_large_whitespace", "in-process", corpus.sentences.num_rows,
                         corpus.tokens.num_rows, time.perf_counter() - started, "real:wordnet_examples pairs"))
 
     print_table(rows, ["machine", "mode", "workers", "sentences", "words", "seconds", "sentences_per_s",
