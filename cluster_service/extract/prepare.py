@@ -11,14 +11,7 @@ from __future__ import annotations
 import threading
 
 from .config import ExtractConfig
-from .sequences import Batch, ShardTask, WordPieces, build_plan, make_batches, special_tokens
-
-
-def pad_id(tokenizer) -> int:
-    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
-        if cand is not None:
-            return int(cand)
-    return 0
+from .sequences import Batch, ShardTask, WordPieces, build_plan, first_token_id, make_batches, special_tokens
 
 
 class Preparer:
@@ -27,7 +20,7 @@ class Preparer:
     def __init__(self, tokenizer, max_length: int, batch_tokens: int):
         self.max_length = max_length
         self.batch_tokens = batch_tokens
-        self.pad_id = pad_id(tokenizer)
+        self.pad_id = first_token_id(tokenizer, "pad_token_id", "eos_token_id", "unk_token_id")
         self.pieces = WordPieces(tokenizer)
         self.prefix, self.suffix = special_tokens(tokenizer)
 

@@ -117,8 +117,10 @@ def best_window(position: int, spans: list[tuple[int, int]]) -> int:
     return best
 
 
-def _fallback_id(tokenizer) -> int:
-    for cand in (tokenizer.unk_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id):
+def first_token_id(tokenizer, *names: str) -> int:
+    """The id of the first of these special tokens the tokenizer defines (0 if it has none)."""
+    for name in names:
+        cand = getattr(tokenizer, name, None)
         if cand is not None:
             return int(cand)
     return 0
@@ -135,7 +137,8 @@ class WordPieces:
         self.backend = tokenizer.backend_tokenizer
         self.cache: dict[str, np.ndarray] = {}
         self.max_entries = max_entries
-        self.fallback = np.asarray([_fallback_id(tokenizer)], dtype=np.int64)
+        self.fallback = np.asarray([first_token_id(tokenizer, "unk_token_id", "eos_token_id", "pad_token_id")],
+                                   dtype=np.int64)
         self.lock = threading.Lock()  # two shards may be prepared at once
 
     def pieces(self, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
