@@ -32,17 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import merge_rows, print_table  # noqa: E402
 
 from cluster_service.corpus import CorpusConfig  # noqa: E402
+from cluster_service.corpus.stage import ingest_run  # noqa: E402
 from cluster_service.demo import fetch_demo_corpus  # noqa: E402
 from cluster_service.extract.config import ExtractConfig  # noqa: E402
 from cluster_service.extract.engine import ShardComputer  # noqa: E402
 from cluster_service.extract.model import load_model, model_shape, resolve_layers  # noqa: E402
-from cluster_service.extract.stage import prepare_store, run_extract  # noqa: E402
+from cluster_service.extract.stage import extract_run, prepare_store  # noqa: E402
 from cluster_service.extract.tasks import ShardTasks  # noqa: E402
 from cluster_service.extract.worker import ExtractWorker  # noqa: E402
-from cluster_service.extract.writer import ShardWriter, create_layer_arrays, shard_ranges  # noqa: E402
-from cluster_service.store import RunStore  # noqa: E402
+from cluster_service.extract.writer import ShardWriter, create_layer_arrays  # noqa: E402
+from cluster_service.store import RunStore, shard_ranges  # noqa: E402
 
 KEYS = ("model", "gpus", "layers", "mode", "engine")
+
+
+def ingested(run, corpus_cfg) -> RunStore:
+    store = RunStore(run)
+    ingest_run(store, corpus_cfg)
+    return store
 
 
 def sync(lm) -> None:
@@ -80,8 +87,18 @@ def forward_only(lm, tasks, layers, cfg) -> tuple[int, float]:
     return words, time.perf_counter() - t0
 
 
-def pipeline(run: str, cfg, layers, tasks, sink: str) -> float:
-    worker = ExtractWorker(run, cfg, layers, threads=cfg.cpus_per_worker, sink=sink)
+class HostSink:
+    """Drops finished shards once they reach host memory: the pipeline's upper bound without storage."""
+
+    def __init__(self, store: RunStore, layers: list[int]):
+        pass
+
+    def write(self, shard: int, start: int, stop: int, data) -> None:
+        pass
+
+
+def pipeline(run: str, cfg, layers, tasks) -> float:
+    worker = ExtractWorker(run, cfg, layers, threads=cfg.cpus_per_worker, sink=HostSink)
     worker.process(tasks[0])  # warm-up
     worker.flush()
     t0 = time.perf_counter()
@@ -176,7 +193,7 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
     run = workdir / f"run_{len(layers)}"
     shutil.rmtree(run, ignore_errors=True)
-    manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
+    manifest = prepare_store(ingested(run, corpus_cfg), cfg)
     n_rows = manifest["tokens"]
     source = ShardTasks(RunStore(run), cfg.shard_rows)
     tasks = [source.task(s) for s in range(manifest["shards"])]
@@ -190,13 +207,13 @@ def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[di
     words, sec = forward_only(lm, tasks, layers, cfg)
     fwd = words / sec
     rows.append({**base, "mode": "forward_only", "tokens": words, "seconds": sec, "tokens_per_s": fwd})
-    sec = pipeline(str(run), cfg, layers, tasks, sink="host")
+    sec = pipeline(str(run), cfg, layers, tasks)
     rows.append({**base, "mode": "host_sink", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec})
     sec, nbytes = disk_write(workdir, layers, n_rows, hidden, cfg)
     gbps = nbytes / sec / 1e9
     rows.append({**base, "mode": "disk_write", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec,
                  "write_gbps": gbps, "writers": cfg.writer_threads})
-    summary = run_extract(str(run), corpus_cfg, cfg)
+    summary = extract_run(ingested(run, corpus_cfg), cfg)
     full = summary["tokens_per_s"]
     roof = min(fwd, gbps * 1e9 / bpt)
     rows.append({**base, "mode": "full", "tokens": n_rows, "seconds": summary["seconds"], "tokens_per_s": full,
@@ -224,7 +241,7 @@ def ray_host_sink(run: str, cfg, layers, source: ShardTasks, n_shards: int, gpus
 
     cpus = max(1, min(4, int(ray.cluster_resources().get("CPU", 1)) // gpus))
     actor_cls = ray.remote(ExtractWorker).options(num_gpus=1, num_cpus=cpus, max_concurrency=2)
-    actors = [actor_cls.remote(run, cfg, layers, 0, "host") for _ in range(gpus)]
+    actors = [actor_cls.remote(run, cfg, layers, 0, HostSink) for _ in range(gpus)]
     def call(actor, shard: int):
         task = source.task(shard)
         if prep == "actor":  # the former design: prepared in the actor's own process
@@ -283,7 +300,7 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
     run = workdir / "run_gpus"
     shutil.rmtree(run, ignore_errors=True)
-    manifest = prepare_store(RunStore(run), corpus_cfg, cfg)
+    manifest = prepare_store(ingested(run, corpus_cfg), cfg)
     source = ShardTasks(RunStore(run), cfg.shard_rows)
     init_ray()
     visible = int(ray.cluster_resources().get("GPU", 0))
@@ -312,7 +329,7 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
         if "full" in modes:
             full_run = workdir / f"full_{g}"
             shutil.copytree(run, full_run)  # tables and empty arrays: no re-ingestion; extract resumes it
-            summary = run_extract(str(full_run), corpus_cfg, dataclasses.replace(cfg, workers=g))
+            summary = extract_run(ingested(full_run, corpus_cfg), dataclasses.replace(cfg, workers=g))
             rate = summary.get("steady_tokens_per_s") or summary["tokens_per_s"]
             fraction = {"write_gbps": gbps, "write_fraction_of_disk": rate * bpt / 1e9 / gbps} if gbps else {}
             rows.append({**base, "mode": "full", "tokens": summary["tokens"], "seconds": summary["seconds"],

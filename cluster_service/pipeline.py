@@ -1,4 +1,5 @@
-"""Every stage from one configuration: extract → cluster → annotate, each resumable.
+"""Every stage from one configuration, in data-flow order, each resumable: the pipeline only iterates
+stages (``cluster_service.stage.Stage``), it knows nothing of what one stage hands the next.
 
 `cluster-service run` and `ray_jobs/pipeline.py` both call ``run_pipeline``, so a job on a cluster
 and a run on a laptop are the same code path.
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .annotate.config import AnnotateConfig
-from .cluster.config import ClusterConfig
-from .configs import build
-from .corpus import CorpusConfig
-from .extract.config import ExtractConfig
+from .cluster import STAGE as CLUSTER
+from .configs import ConfigFile, build
+from .corpus import STAGE as INGEST
+from .errors import UserError
+from .extract import STAGE as EXTRACT
 from .logs import log_event
+from .stage import Stage
 from .store import RunStore
 
 log = logging.getLogger("cluster_service.pipeline")
@@ -23,45 +26,72 @@ log = logging.getLogger("cluster_service.pipeline")
 #: sentences of the demo corpus the default run uses: a few minutes end to end on a 2-core machine
 DEMO_SENTENCES = 3000
 
+#: every stage, in the order data flows through them
+STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER)
+#: config file sections a job file may hold (a misspelt one is an error, not silently ignored)
+SECTIONS = ("stages", *(s.section for s in STAGES), "annotate")
+DEFAULT_STAGES = ("ingest", "extract", "cluster", "annotate")
+
+
+def resolve_stages(names: tuple[str, ...] | list[str], where: str = "--stages") -> tuple[str, ...]:
+    """Known names only, in data-flow order; ``extract`` brings ``ingest`` along, so job configs and
+    commands written before ingest was a stage of its own keep working."""
+    known = (*(s.name for s in STAGES), "annotate")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"{where}: unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    wanted = set(names) | ({"ingest"} if "extract" in names else set())
+    return tuple(n for n in known if n in wanted)
+
 
 @dataclass
 class PipelineConfig:
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    configs: dict[str, Any] = field(default_factory=dict)
+    """Each stage's config, by stage name."""
     annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
-    stages: tuple[str, ...] = ("extract", "cluster", "annotate")
+    stages: tuple[str, ...] = DEFAULT_STAGES
 
     @classmethod
-    def from_sections(cls, sections: dict[str, Any], stages: tuple[str, ...] | None = None) -> PipelineConfig:
-        """From a config file's sections; with no corpus path, the demo corpus capped at DEMO_SENTENCES."""
-        corpus = dict(sections.get("corpus") or {})
-        if not corpus.get("path"):
-            corpus.setdefault("max_sentences", DEMO_SENTENCES)
-        return cls(
-            corpus=build(CorpusConfig, corpus, where="corpus"),
-            extract=build(ExtractConfig, sections.get("extract"), where="extract"),
-            cluster=build(ClusterConfig, sections.get("cluster"), where="cluster"),
-            annotate=build(AnnotateConfig, sections.get("annotate"), where="annotate"),
-            stages=tuple(stages or sections.get("stages") or cls.stages),
-        )
+    def from_sections(cls, sections: ConfigFile | dict[str, Any], stages: tuple[str, ...] | None = None,
+                      flags: dict[str, dict[str, Any]] | None = None) -> PipelineConfig:
+        """From a config file's sections and the flags given per section; with no corpus path, the
+        demo corpus capped at DEMO_SENTENCES."""
+        file = sections if isinstance(sections, ConfigFile) else ConfigFile(sections)
+        file.check_sections(SECTIONS)
+        flags = flags or {}
+        configs = {}
+        for stage in STAGES:
+            section = dict(file.section(stage.section))
+            if stage is INGEST and not (section.get("path") or flags.get("corpus", {}).get("path")):
+                section.setdefault("max_sentences", DEMO_SENTENCES)
+            configs[stage.name] = build(stage.config, section, where=file.where(stage.section),
+                                        flags=flags.get(stage.section), flag_prefix=f"{stage.section}-"
+                                        if stage.section != "extract" else "")
+        annotate = build(AnnotateConfig, file.section("annotate"), where=file.where("annotate"),
+                         flags=flags.get("annotate"), flag_prefix="annotate-")
+        names = stages or file.get("stages") or DEFAULT_STAGES
+        where = "--stages" if stages else (f"{file.path} stages" if file.path else "stages")
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{where}: expected a list of stage names, got {names!r}")
+        return cls(configs, annotate, resolve_stages(tuple(names), where))
 
 
-def run_pipeline(run_dir: str, cfg: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(run: str, cfg: PipelineConfig) -> dict[str, Any]:
     from .annotate.stage import annotate_run
-    from .cluster.stage import cluster_run
-    from .extract.stage import run_extract
 
-    store = RunStore(run_dir)
+    store = RunStore(run)
     summary: dict[str, Any] = {"run": store.where()}
-    if "extract" in cfg.stages:
-        summary["extract"] = run_extract(run_dir, cfg.corpus, cfg.extract)
-    if "cluster" in cfg.stages:
-        summary["cluster"] = cluster_run(store, cfg.cluster)["layers"]
+    chosen = [stage for stage in STAGES if stage.name in cfg.stages]
+    for stage in chosen:
+        stage.preflight(cfg.configs[stage.name])
+    for stage in chosen:
+        result = stage.run(store, cfg.configs[stage.name])
+        summary[stage.name] = result["layers"] if stage is CLUSTER else result
     if "annotate" in cfg.stages:
         summary["annotate"] = {}
-        for layer in summary.get("cluster", {}) or cfg.cluster.layers or store.read_manifest()["layers"]:
-            for k in cfg.cluster.k:
+        cluster = cfg.configs["cluster"]
+        for layer in summary.get("cluster", {}) or cluster.layers or store.read_manifest()["layers"]:
+            for k in cluster.k:
                 result = annotate_run(store, int(layer), k, cfg.annotate)
                 summary["annotate"][f"layer_{layer}_k{k}"] = result
     log_event(log, "pipeline done", run=store.where(), stages=",".join(cfg.stages))

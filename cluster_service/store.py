@@ -122,15 +122,67 @@ def _access_errors() -> tuple[type[BaseException], ...]:
     return (PermissionError, NoCredentialsError, PartialCredentialsError)
 
 
+# ---- key names and their parsing: the one place that knows them -----------------------------------
+def layer_name(layer: int) -> str:
+    """A layer's array name in ``activations.zarr`` (also its folder under ``clusters/``)."""
+    return f"layer_{layer}"
+
+
+def layer_of(name: str) -> int | None:
+    """The layer a ``layer_{L}`` name stands for, None for any other name."""
+    prefix, _, number = name.partition("_")
+    return int(number) if prefix == "layer" and number.isdigit() else None
+
+
+def shard_ranges(n_rows: int, shard_rows: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of the shards of an N-row array: the unit of extraction and assignment."""
+    return [(s, min(s + shard_rows, n_rows)) for s in range(0, n_rows, shard_rows)]
+
+
+def marker_key(shard: int) -> str:
+    """The done-marker of one extraction shard (written after its data of every layer is durable)."""
+    return f"{DONE}/shard_{shard:06d}"
+
+
+def shard_of(name: str) -> int | None:
+    """The shard a marker's file name stands for, None for any other name."""
+    prefix, _, number = name.partition("_")
+    return int(number) if prefix == "shard" and number.isdigit() else None
+
+
 def zarr_store(location: str, read_only: bool = False):
-    """What ``zarr.open_*`` takes for ``location``: the path itself, or an FsspecStore for a URL."""
+    """What ``zarr.open_*`` takes for ``location``: a local store whose writes are durable when they
+    return, or an FsspecStore for a URL (a PUT that returned is stored)."""
     from .jobs.paths import url_scheme
 
     if url_scheme(location) is None:
-        return location
+        return _durable_local_store(location, read_only)
     from zarr.storage import FsspecStore
 
     return FsspecStore.from_url(location, read_only=read_only)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_local_store(location: str, read_only: bool):
+    """Zarr's LocalStore with every ``set`` fsynced before it returns, so a done-marker written after a
+    shard always means its bytes are on disk, whatever file layout Zarr picks for the shard."""
+    import asyncio
+
+    from zarr.storage import LocalStore
+
+    class DurableLocalStore(LocalStore):
+        async def set(self, key: str, value) -> None:  # type: ignore[override]
+            await super().set(key, value)
+            await asyncio.to_thread(_fsync_file, self.root / key)
+
+    return DurableLocalStore(location, read_only=read_only)
 
 
 class RunStore:

@@ -17,11 +17,20 @@ import torch
 
 from cluster_service.cli import main as cli
 from cluster_service.corpus import CorpusConfig
+from cluster_service.corpus.stage import ingest_run
 from cluster_service.extract.config import ExtractConfig
 from cluster_service.extract.sequences import best_window, windows
-from cluster_service.extract.stage import run_extract
+from cluster_service.extract.stage import extract_run
 from cluster_service.extract.writer import done_shards
 from cluster_service.store import RunStore
+
+
+def extract_into(run, corpus: CorpusConfig, cfg: ExtractConfig) -> dict:
+    """Ingest then extract, as `cluster-service extract` does."""
+    store = RunStore(run)
+    ingest_run(store, corpus)
+    return extract_run(store, cfg)
+
 
 SENTENCES = [
     "The antidisestablishmentarianism debate bored pneumonoultramicroscopicsilicovolcanoconiosis experts .",
@@ -76,7 +85,7 @@ def rows_by_sentence(store: RunStore) -> dict[int, list[tuple[int, int]]]:
 def test_vectors_equal_direct_forward(tmp_path, hf, pooling):
     corpus = write_corpus(tmp_path / "c.txt", SENTENCES)
     run = tmp_path / "run"
-    run_extract(str(run), CorpusConfig(path=corpus), ExtractConfig(pooling=pooling, engine="local",
+    extract_into(str(run), CorpusConfig(path=corpus), ExtractConfig(pooling=pooling, engine="local",
                                                                    shard_rows=16))
     store = RunStore(run)
     manifest = store.read_manifest()
@@ -99,7 +108,7 @@ def test_word_without_subwords_reads_unknown_token(tmp_path, hf):
     lines = ["cats \u200b purr loudly", "plain words only here"]
     corpus = write_corpus(tmp_path / "c.txt", lines)
     run = tmp_path / "run"
-    run_extract(str(run), CorpusConfig(path=corpus, tokenizer="whitespace"),
+    extract_into(str(run), CorpusConfig(path=corpus, tokenizer="whitespace"),
                 ExtractConfig(engine="local", layers=[0, 6], shard_rows=3, pooling="first"))
     store = RunStore(run)
     assert hf[1].tokenize("\u200b") == []  # the case under test really arises
@@ -119,7 +128,7 @@ def test_long_sentence_windowed_not_truncated(tmp_path, hf):
     corpus = write_corpus(tmp_path / "c.txt", [" ".join(long_words)])
     run = tmp_path / "run"
     max_length = 12
-    run_extract(str(run), CorpusConfig(path=corpus, tokenizer="whitespace"),
+    extract_into(str(run), CorpusConfig(path=corpus, tokenizer="whitespace"),
                 ExtractConfig(engine="local", max_length=max_length, layers=[0, 3, 6]))
     store = RunStore(run)
     assert store.read_manifest()["tokens"] == len(long_words)  # every word stored, none dropped
@@ -194,12 +203,12 @@ def kill_one_worker_after(store: RunStore, n_done: int, killed: list[int]) -> No
 def test_ray_worker_sigkill_mid_run_store_identical(tmp_path, ray_local):
     corpus = write_corpus(tmp_path / "c.txt", demo_lines(400))
     common = {"shard_rows": 128, "chunk_rows": 64, "layers": [0, 6], "cpus_per_worker": 2}
-    run_extract(str(tmp_path / "a"), CorpusConfig(path=corpus), ExtractConfig(engine="local", **common))
+    extract_into(str(tmp_path / "a"), CorpusConfig(path=corpus), ExtractConfig(engine="local", **common))
     store = RunStore(tmp_path / "b")
     killed: list[int] = []
     killer = threading.Thread(target=kill_one_worker_after, args=(store, 2, killed), daemon=True)
     killer.start()
-    summary = run_extract(str(store.root), CorpusConfig(path=corpus), ExtractConfig(engine="ray", **common))
+    summary = extract_into(str(store.root), CorpusConfig(path=corpus), ExtractConfig(engine="ray", **common))
     killer.join(timeout=5)
     assert killed, "no Ray worker was killed: the test did not exercise recovery"
     assert summary["shards_computed"] == store.read_manifest()["shards"]
@@ -282,7 +291,7 @@ def test_decoder_model_without_special_tokens(tmp_path, tiny_decoder):
 
     corpus = write_corpus(tmp_path / "c.txt", SENTENCES)
     run = tmp_path / "run"
-    run_extract(str(run), CorpusConfig(path=corpus), ExtractConfig(model=tiny_decoder, engine="local"))
+    extract_into(str(run), CorpusConfig(path=corpus), ExtractConfig(model=tiny_decoder, engine="local"))
     store = RunStore(run)
     assert store.read_manifest()["layers"] == [0, 1, 2]
     hf = (AutoModel.from_pretrained(tiny_decoder).eval(), AutoTokenizer.from_pretrained(tiny_decoder,
@@ -317,7 +326,8 @@ def test_a_computed_shard_returns_while_the_next_one_holds_the_model(tmp_path):
     corpus = write_corpus(tmp_path / "c.txt", SENTENCES)
     cfg = ExtractConfig(engine="local", layers=[3], shard_rows=8)
     store = RunStore(tmp_path / "run")
-    prepare_store(store, CorpusConfig(path=corpus), cfg)
+    ingest_run(store, CorpusConfig(path=corpus))
+    prepare_store(store, cfg)
     task = ShardTasks(store, cfg.shard_rows).task(0)
     worker = ExtractWorker(store.where(), cfg, [3])
     computed = threading.Event()

@@ -24,7 +24,8 @@ def register(sub) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..cluster.stage import cluster_run
 
-    cfg = from_args(ClusterConfig, args, load_config_file(args.config).get("cluster"), where="cluster")
+    file = load_config_file(args.config)
+    cfg = from_args(ClusterConfig, args, file.section("cluster"), where=file.where("cluster"))
     summary = cluster_run(RunStore(args.run), cfg)
     print(json.dumps(summary["layers"], indent=1, default=float))
     return 0

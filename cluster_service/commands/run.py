@@ -16,7 +16,7 @@ import json
 
 from ..annotate.config import AnnotateConfig
 from ..cluster.config import ClusterConfig
-from ..configs import add_dataclass_arguments, load_config_file
+from ..configs import ConfigFile, add_dataclass_arguments, load_config_file
 from ..corpus import CorpusConfig
 from ..extract.config import ExtractConfig
 from ..store import RunStore
@@ -27,39 +27,43 @@ SECTIONS = (("corpus", CorpusConfig, "corpus-"), ("extract", ExtractConfig, ""),
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run every stage (extract, cluster, annotate) from one configuration",
+    p = sub.add_parser("run", help="run every stage (ingest, extract, cluster, annotate) from one configuration",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", nargs="?", default=DEMO_RUN,
                    help=f"run directory or object-store URL such as s3://bucket/prefix (default: {DEMO_RUN})")
     p.add_argument("--config", metavar="FILE",
                    help="TOML or YAML file with [corpus], [extract], [cluster], [annotate] sections; flags override it")
     p.add_argument("--stages", default=None, metavar="LIST",
-                   help="stages to run, comma-separated (default: extract,cluster,annotate)")
+                   help="stages to run, comma-separated, in any order (default: ingest,extract,cluster,annotate; "
+                        "extract brings ingest along)")
     for _, cls, prefix in SECTIONS:
         add_dataclass_arguments(p, cls, prefix=prefix)
     p.set_defaults(func=main)
 
 
-def sections_from_args(args: argparse.Namespace) -> dict:
-    """Config-file sections with the flags the user passed laid over them."""
-    sections = load_config_file(args.config)
+def sections_from_args(args: argparse.Namespace) -> tuple[ConfigFile, dict[str, dict]]:
+    """The config file's sections, and per section the flags the user passed (kept apart so that an
+    error names the flag or the file it came from)."""
+    flags = {}
     for name, cls, prefix in SECTIONS:
-        merged = dict(sections.get(name) or {})
-        for f in dataclasses.fields(cls):
-            value = getattr(args, prefix.replace("-", "_") + f.name, None)
-            if value is not None:
-                merged[f.name] = value
-        sections[name] = merged
-    return sections
+        given = {f.name: getattr(args, prefix.replace("-", "_") + f.name, None) for f in dataclasses.fields(cls)}
+        flags[name] = {k: v for k, v in given.items() if v is not None}
+    return load_config_file(args.config), flags
+
+
+def pipeline_config(args: argparse.Namespace):
+    from ..pipeline import PipelineConfig
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else None
+    file, flags = sections_from_args(args)
+    return PipelineConfig.from_sections(file, stages, flags)
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..pipeline import PipelineConfig, run_pipeline
+    from ..pipeline import run_pipeline
     from .info import summarize
 
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
-    cfg = PipelineConfig.from_sections(sections_from_args(args), stages)
-    run_pipeline(args.run, cfg)
+    run_pipeline(args.run, pipeline_config(args))
     store = RunStore(args.run)
     print(json.dumps(summarize(store), indent=2))
     print(f"results: {store.root.resolve() if store.is_local else store.where()}")

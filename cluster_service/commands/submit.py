@@ -56,12 +56,9 @@ def _config_for_job(config: Path, working_dir: Path) -> str:
 def _check_pipeline(config: str, run: str, pipeline_args: list[str]) -> None:
     """Parse and build the job's configuration here, so mistakes fail before anything is uploaded."""
     from ..cli import build_parser
-    from ..pipeline import PipelineConfig
-    from .run import sections_from_args
+    from .run import pipeline_config
 
-    args = build_parser().parse_args(["run", "--config", config, run, *pipeline_args])
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
-    PipelineConfig.from_sections(sections_from_args(args), stages)
+    pipeline_config(build_parser().parse_args(["run", "--config", config, run, *pipeline_args]))
 
 
 def _env_vars(pairs: list[str]) -> dict[str, str]:

@@ -5,7 +5,15 @@ tokens table (the word occurrences kept for extraction, one row each). See ``fil
 filters follow ConceptX.
 """
 
+from ..stage import Stage
 from .config import SENTENCES_SCHEMA, TOKENS_SCHEMA, Corpus, CorpusConfig
 from .ingest import ingest, sentence_words
 
-__all__ = ["SENTENCES_SCHEMA", "TOKENS_SCHEMA", "Corpus", "CorpusConfig", "ingest", "sentence_words"]
+STAGE = Stage(
+    name="ingest", config=CorpusConfig, section="corpus",
+    reads=("the corpus file ([corpus] path; the demo corpus when empty)",),
+    writes=("sentences.parquet", "tokens.parquet", "run.json: config.corpus, tokens, sentences, corpus_fingerprint"),
+    entry="cluster_service.corpus.stage:ingest_run",
+)
+
+__all__ = ["SENTENCES_SCHEMA", "STAGE", "TOKENS_SCHEMA", "Corpus", "CorpusConfig", "ingest", "sentence_words"]

@@ -7,6 +7,8 @@ from typing import Literal
 
 import pyarrow as pa
 
+from ..configs import NonNegativeInt
+
 
 @dataclass
 class CorpusConfig:
@@ -23,27 +25,18 @@ class CorpusConfig:
     pre-tokenized input."""
     lowercase: bool = False
     """Lowercase words after tokenization (the model then sees lowercased sentences too)."""
-    min_word_freq: int = 1
+    min_word_freq: NonNegativeInt = 1
     """Keep only word types seen at least this often in the sampled, length-filtered corpus (ConceptX: 10)."""
-    max_occurrences: int = 0
+    max_occurrences: NonNegativeInt = 0
     """Keep at most this many occurrences of each word type, the first ones in corpus order;
     0 keeps all (ConceptX: 10)."""
-    max_sentence_words: int = 0
+    max_sentence_words: NonNegativeInt = 0
     """Drop sentences with more words than this (after tokenization); 0 keeps all."""
-    max_sentences: int = 0
+    max_sentences: NonNegativeInt = 0
     """Seeded uniform sample of this many non-empty sentences, kept in file order, drawn before the
     length filter; 0 reads all."""
     seed: int = 0
     """Seed of the sentence sample."""
-
-    def __post_init__(self) -> None:
-        for name in ("min_word_freq", "max_occurrences", "max_sentence_words", "max_sentences"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.format not in ("auto", "text", "jsonl", "parquet"):
-            raise ValueError(f"format must be auto, text, jsonl or parquet, got {self.format!r}")
-        if self.tokenizer not in ("moses", "whitespace"):
-            raise ValueError(f"tokenizer must be moses or whitespace, got {self.tokenizer!r}")
 
 
 #: sentences.parquet: the model's context, one row per sentence that keeps at least one token.

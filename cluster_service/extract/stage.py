@@ -1,7 +1,7 @@
-"""The extract stage: corpus → run store (tables, Zarr arrays, run.json) → shards computed by workers.
+"""The extract stage: the ingested tokens → Zarr arrays of every requested layer, shards computed by workers.
 
-Resumable by construction: the tables and arrays are created once (run.json is written last, so a
-store without it is rebuilt from scratch), each shard is marked done only after its data is durable,
+Resumable by construction: the arrays are created once (the extract config is recorded in run.json
+after them, so a store without it gets fresh arrays), each shard is marked done only after its data is durable,
 and a rerun computes exactly the shards without a marker. Shard results depend only on the shard's
 rows, so a resumed store is identical to an uninterrupted one.
 """
@@ -14,15 +14,14 @@ import time
 from typing import Any
 
 from .. import __version__
-from ..corpus import CorpusConfig, ingest
 from ..errors import UserError
 from ..logs import log_event
 from ..progress import progress_bar
-from ..store import ACTIVATIONS, DONE, SENTENCES, TOKENS, RunStore
+from ..store import ACTIVATIONS, DONE, TOKENS, RunStore, shard_ranges
 from .config import ExtractConfig
 from .model import model_shape, resolve_layers, resolve_model_name
 from .tasks import ShardTasks
-from .writer import create_layer_arrays, done_shards, shard_ranges
+from .writer import create_layer_arrays, done_shards
 
 log = logging.getLogger("cluster_service.extract")
 
@@ -43,58 +42,56 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _stored_config(corpus: CorpusConfig, cfg: ExtractConfig) -> dict[str, Any]:
-    ext = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
-    return {"corpus": dataclasses.asdict(corpus), "extract": ext}
+def _stored_config(cfg: ExtractConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
 
 
-def prepare_store(store: RunStore, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[str, Any]:
-    """Create the store, or check that an existing one was made by the same configuration."""
-    wanted = _stored_config(corpus, cfg)
-    if store.exists():
-        manifest = store.read_manifest()
-        have = manifest.get("config", {})
-        diffs = [f"{sec}.{k}: stored {have.get(sec, {}).get(k)!r}, asked {v!r}"
-                 for sec in ("corpus", "extract") for k, v in wanted[sec].items()
-                 if have.get(sec, {}).get(k) != v]
+def extract_check(cfg: ExtractConfig) -> None:
+    """The model exists and has the requested layers (reads its config only, not its weights)."""
+    n_layers, _ = model_shape(cfg.model, cfg.trust_remote_code)
+    resolve_layers(cfg.layers, n_layers)
+
+
+def prepare_store(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
+    """Create the layer arrays of an ingested run, or check that they were made by the same configuration.
+
+    The extract config is recorded in run.json only after the arrays exist, so a run killed before that
+    starts its arrays again from scratch; a recorded one resumes shard by shard."""
+    if not store.exists() or not store.has(TOKENS):
+        raise UserError(f"{store.where(TOKENS)}: missing; run `cluster-service ingest {store.where()}` "
+                        "(or `extract` with --corpus-* flags) first")
+    manifest = store.read_manifest()
+    wanted = _stored_config(cfg)
+    have = manifest.get("config", {}).get("extract")
+    if have is not None:
+        diffs = [f"extract.{k}: stored {have.get(k)!r}, asked {v!r}" for k, v in wanted.items() if have.get(k) != v]
         if diffs:
             raise UserError(f"{store.where()}: exists with another configuration ({'; '.join(diffs)}); "
                             "use a new run directory")
         return manifest
     n_layers, hidden = model_shape(cfg.model, cfg.trust_remote_code)
     layers = resolve_layers(cfg.layers, n_layers)
-    t0 = time.perf_counter()
-    data = ingest(corpus)
-    n_rows = data.tokens.num_rows
-    store.remove(ACTIVATIONS)  # left by a run killed before run.json: start clean
+    n_rows = manifest["tokens"]
+    store.remove(ACTIVATIONS)  # left by a run killed before its config was recorded: start clean
     store.remove(DONE)
-    store.create()
-    store.write_parquet(SENTENCES, data.sentences)
-    store.write_parquet(TOKENS, data.tokens)
     create_layer_arrays(store, layers, n_rows, hidden, cfg.shard_rows, cfg.chunk_rows)
-    manifest = {
-        "config": wanted,
-        "model": {"name": cfg.model or "all-MiniLM-L6-v2 (packaged)", "path": resolve_model_name(cfg.model),
-                  "hidden_states": n_layers, "hidden_size": hidden},
-        "layers": layers,
-        "tokens": n_rows,
-        "sentences": data.sentences.num_rows,
-        "shard_rows": cfg.shard_rows,
-        "shards": len(shard_ranges(n_rows, cfg.shard_rows)),
-        "corpus_fingerprint": data.fingerprint,
-        "versions": package_versions(),
-        "stages": {"extract": {"status": "running"}},
-    }
-    store.write_manifest(manifest)
-    log_event(log, "store created", run=store.where(), tokens=n_rows, sentences=data.sentences.num_rows,
-              layers=len(layers), seconds=time.perf_counter() - t0)
+
+    def record(m: dict[str, Any]) -> None:
+        m.setdefault("config", {})["extract"] = wanted
+        m.update(model={"name": cfg.model or "all-MiniLM-L6-v2 (packaged)", "path": resolve_model_name(cfg.model),
+                        "hidden_states": n_layers, "hidden_size": hidden},
+                 layers=layers, shard_rows=cfg.shard_rows, shards=len(shard_ranges(n_rows, cfg.shard_rows)),
+                 versions=package_versions())
+        m.setdefault("stages", {})["extract"] = {"status": "running"}
+
+    manifest = store.update_manifest(record)
+    log_event(log, "arrays created", run=store.where(), tokens=n_rows, layers=len(layers))
     return manifest
 
 
-def run_extract(run_dir: str, corpus: CorpusConfig, cfg: ExtractConfig) -> dict[str, Any]:
-    """Extract into ``run_dir``, resuming if it exists. Returns a summary."""
-    store = RunStore(run_dir)
-    manifest = prepare_store(store, corpus, cfg)
+def extract_run(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
+    """Extract every requested layer of an ingested run, resuming shard by shard. Returns a summary."""
+    manifest = prepare_store(store, cfg)
     layers: list[int] = manifest["layers"]
     ranges = shard_ranges(manifest["tokens"], manifest["shard_rows"])
     done = done_shards(store)

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import torch
@@ -23,21 +23,22 @@ from .config import ExtractConfig
 from .engine import ShardComputer
 from .model import load_model
 from .sequences import Batch, ShardTask
-from .writer import ShardWriter
+from .writer import ShardSink, ShardWriter
 
 log = logging.getLogger("cluster_service.extract")
 
 
 class ExtractWorker:
     def __init__(self, run_dir: str, cfg: ExtractConfig, layers: list[int], threads: int = 0,
-                 sink: str = "zarr"):
+                 sink: Callable[[RunStore, list[int]], ShardSink] = ShardWriter):
+        """``sink`` makes what finished shards go to (the run store's Zarr arrays; a benchmark passes
+        one that drops them, to measure the pipeline without storage)."""
         if threads:
             torch.set_num_threads(threads)
         self.cfg = cfg
         self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, cfg.trust_remote_code)
         self.computer = ShardComputer(self.lm, layers, cfg.pooling, cfg.batch_tokens)
-        # sink "host" drops vectors once they reach host memory: the benchmark's upper bound without storage
-        self.writer = ShardWriter(RunStore(run_dir), layers) if sink == "zarr" else None
+        self.writer = sink(RunStore(run_dir), layers)
         n_writers = max(1, cfg.writer_threads)
         self.pool = ThreadPoolExecutor(max_workers=n_writers, thread_name_prefix="zarr-writer")
         self.slots = threading.BoundedSemaphore(n_writers + 1)  # shards computed but not yet written
@@ -149,8 +150,7 @@ class ExtractWorker:
             self.host_buffers.put(buf)
 
     def _write(self, task: ShardTask, data) -> None:
-        if self.writer is not None:
-            self.writer.write(task.shard, task.start, task.stop, data)
+        self.writer.write(task.shard, task.start, task.stop, data)
 
     def _raise_failed(self) -> None:
         still = []
