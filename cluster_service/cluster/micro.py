@@ -18,34 +18,6 @@ import scipy.sparse as sp
 
 from .source import Source, check_finite
 
-#: Up to this many tokens every token is a leaf (no k-means): kNN-graph Ward over the tokens
-#: costs ~N²·D for the exact kNN search and O(N·D) memory, minutes at 100K×768 on 2 cores.
-GRAPH_MAX = 100_000
-#: Above GRAPH_MAX, k-means micro-clusters: assignment costs N·M·D and k-means training
-#: sample·M·D per iteration, so M is capped to keep 1M×768 within minutes on 2 cores.
-MICRO_CAP = 8192
-#: Lower bound of micro-clusters per requested concept: ARI against exact Ward collapses as K nears M.
-MICRO_PER_K = 10
-
-
-def default_micro(n: int, k_max: int, graph_max: int = GRAPH_MAX) -> int:
-    """M = N up to ``graph_max`` tokens, else min(N, max(10·K_max, 8192)).
-
-    Quality against exact Ward is set by how Ward-like the leaves are: k-means micro-clusters of
-    even 1.25–4 tokens lose 15–30% of the ARI that exact Ward reaches against itself, while
-    kNN-graph Ward over the tokens themselves matches exact Ward as well as exact Ward matches its
-    own 90% subsample. So tokens are the leaves while the kNN search is affordable; above that,
-    as many micro-clusters as the N·M·D assignment budget allows (8192), never fewer than 10·K_max
-    so every cut stays far from M.
-    """
-    if n <= graph_max:
-        return int(n)
-    return int(min(n, max(MICRO_PER_K * k_max, MICRO_CAP)))
-
-
-def default_sample(n: int, m: int, per_micro: int) -> int:
-    return int(min(n, max(m, per_micro * m)))
-
 
 def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
     """Sorted seeded sample of row indices (sorted: read shard by shard)."""
