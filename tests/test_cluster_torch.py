@@ -90,10 +90,10 @@ def test_assignment_equals_numpy_path():
     two = np.sort(d2, axis=1)[:, :2]
     clear = (two[:, 1] - two[:, 0]) > 1e-3 * two[:, 1]
     assert clear.mean() > 0.99
-    assert np.array_equal(got.labels[clear], ref.labels[clear])
-    assert np.array_equal(got.counts, np.bincount(got.labels, minlength=120))
+    assert np.array_equal(got.token_micro[clear], ref.token_micro[clear])
+    assert np.array_equal(got.counts, np.bincount(got.token_micro, minlength=120))
     sums = np.zeros((120, x.shape[1]))
-    np.add.at(sums, got.labels, x.astype(np.float64))
+    np.add.at(sums, got.token_micro, x.astype(np.float64))
     assert np.allclose(got.sums, sums, rtol=1e-12, atol=1e-9)
     assert got.sq_norm == pytest.approx(ref.sq_norm, rel=1e-12)
 
@@ -107,7 +107,7 @@ def test_streaming_from_zarr_equals_in_memory(tmp_path):
     a = TorchBackend(CPU).assign(ZarrSource(str(store.activations_path), "layer_6"), cents, where="z",
                                  progress=False)
     b = TorchBackend(CPU).assign(ArraySource(x16, 512), cents, where="m", progress=False)
-    assert np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.token_micro, b.token_micro)
     assert np.array_equal(a.sums, b.sums) and a.sq_norm == b.sq_norm
 
 
@@ -210,4 +210,4 @@ def test_ray_requested_with_torch_device_assigns_in_process(tmp_path, ray_local,
         a = resolve_backend("torch-cpu", use_ray=True).assign(src, cents, where="r", progress=False)
     assert "not as Ray tasks" in caplog.text
     b = TorchBackend(CPU).assign(src, cents, where="r", progress=False)
-    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.sums, b.sums)
+    assert np.array_equal(a.token_micro, b.token_micro) and np.array_equal(a.sums, b.sums)

@@ -1,7 +1,7 @@
 """Micro-clusters: FAISS k-means on a seeded sample, then every token assigned to its nearest
 micro-centroid, streaming the layer shard by shard.
 
-Each shard's result (labels, per-micro sums, counts, Σ‖x‖²) depends only on that shard, and the
+Each shard's result (token → micro, per-micro sums, counts, Σ‖x‖²) depends only on that shard, and the
 driver adds shard results in shard order, so one process and many Ray tasks give identical bits.
 Assignment runs in fixed-size row blocks (the last one zero-padded) aligned to shard starts, so every
 row goes through a matrix product of the same shape at the same position whichever path reads it.
@@ -60,20 +60,21 @@ def nearest(x: np.ndarray, centroids: np.ndarray, cnorm: np.ndarray, block: int)
 
 @dataclass
 class ShardStats:
-    """What one shard contributes: labels of its rows and per-micro sufficient statistics."""
+    """What one shard contributes: the micro-cluster of each of its rows and per-micro sufficient statistics."""
 
-    labels: np.ndarray  # int32 [rows]
+    token_micro: np.ndarray  # int32 [rows]: nearest centroid of each row
     sums: np.ndarray  # float64 [M, D]
     counts: np.ndarray  # int64 [M]
     sq_norm: float  # Σ‖x‖² over the shard's rows (for SSE)
 
 
-def shard_stats(x: np.ndarray, labels: np.ndarray, m: int) -> ShardStats:
+def shard_stats(x: np.ndarray, token_micro: np.ndarray, m: int) -> ShardStats:
     x64 = x.astype(np.float64)
-    onehot = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(m, len(labels)))
+    rows = np.arange(len(token_micro))
+    onehot = sp.csr_matrix((np.ones(len(rows)), (token_micro, rows)), shape=(m, len(rows)))
     sums = np.asarray(onehot @ x64)
-    counts = np.bincount(labels, minlength=m).astype(np.int64)
-    return ShardStats(labels, sums, counts, float(np.einsum("ij,ij->", x64, x64)))
+    counts = np.bincount(token_micro, minlength=m).astype(np.int64)
+    return ShardStats(token_micro, sums, counts, float(np.einsum("ij,ij->", x64, x64)))
 
 
 def assign_shard(source: Source, lo: int, hi: int, centroids: np.ndarray, where: str) -> ShardStats:
@@ -81,21 +82,21 @@ def assign_shard(source: Source, lo: int, hi: int, centroids: np.ndarray, where:
     x = source.read(lo, hi)
     check_finite(x, lo, where)
     cnorm = np.einsum("ij,ij->i", centroids, centroids)
-    labels = nearest(x, centroids, cnorm, block_rows(source.shard))
-    return shard_stats(x, labels, len(centroids))
+    token_micro = nearest(x, centroids, cnorm, block_rows(source.shard))
+    return shard_stats(x, token_micro, len(centroids))
 
 
 class Accumulator:
     """Adds shard results strictly in shard order (deterministic float sums)."""
 
     def __init__(self, n: int, m: int, d: int):
-        self.labels = np.empty(n, dtype=np.int32)
+        self.token_micro = np.empty(n, dtype=np.int32)
         self.sums = np.zeros((m, d), dtype=np.float64)
         self.counts = np.zeros(m, dtype=np.int64)
         self.sq_norm = 0.0
 
     def add(self, lo: int, stats: ShardStats) -> None:
-        self.labels[lo: lo + len(stats.labels)] = stats.labels
+        self.token_micro[lo: lo + len(stats.token_micro)] = stats.token_micro
         self.sums += stats.sums
         self.counts += stats.counts
         self.sq_norm += stats.sq_norm
@@ -118,7 +119,7 @@ def compact(acc: Accumulator) -> MicroPartition:
     remap = np.cumsum(keep, dtype=np.int64) - 1
     sums = acc.sums[keep]
     sizes = acc.counts[keep]
-    return MicroPartition(remap[acc.labels].astype(np.int32), sums / sizes[:, None], sizes, sums,
+    return MicroPartition(remap[acc.token_micro].astype(np.int32), sums / sizes[:, None], sizes, sums,
                           acc.sq_norm)
 
 

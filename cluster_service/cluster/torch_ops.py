@@ -124,7 +124,7 @@ def assign_all_torch(source: Source, centroids: np.ndarray, *, where: str, devic
                 sums += _onehot_sums(x64, lab, m)
                 counts += torch.bincount(lab, minlength=m)
                 sq_norm += (x64 * x64).sum()
-            acc.labels[lo:hi] = out.cpu().numpy()
+            acc.token_micro[lo:hi] = out.cpu().numpy()
             bar.update()
     bar.close()
     acc.sums[:] = sums.cpu().numpy()
