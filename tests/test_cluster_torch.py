@@ -114,11 +114,11 @@ def test_streaming_from_zarr_equals_in_memory(tmp_path):
 @pytest.mark.unit
 def test_knn_equals_faiss_exact():
     x, _ = planted(3000, 40, 32, seed=4, spread=2.0)
-    k = 16
-    ours = knn_torch(x, k, CPU)
+    neighbors = 16
+    ours = knn_torch(x, neighbors, CPU)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
-    _, theirs = index.search(x, k + 1)
+    _, theirs = index.search(x, neighbors + 1)
     x64 = x.astype(np.float64)
 
     def dists(nbr: np.ndarray) -> np.ndarray:
@@ -127,8 +127,8 @@ def test_knn_equals_faiss_exact():
     # The same neighbours up to the order of near-equal distances.
     assert np.allclose(dists(ours), dists(theirs), rtol=1e-5, atol=1e-4)
     assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).all(axis=1).mean() > 0.99
-    u1, v1 = knn_edges(x, k, TorchBackend(CPU))
-    u2, v2 = knn_edges(x, k, FaissBackend())
+    u1, v1 = knn_edges(x, neighbors, TorchBackend(CPU))
+    u2, v2 = knn_edges(x, neighbors, FaissBackend())
     e1, e2 = set(zip(u1.tolist(), v1.tolist(), strict=True)), set(zip(u2.tolist(), v2.tolist(), strict=True))
     assert len(e1 ^ e2) <= 0.001 * len(e2)
 

@@ -88,7 +88,7 @@ def ward_tree(source: Source, ks: list[int], params: ApproxParams, backend: Clus
 
 
 def approx_ward(x: np.ndarray, ks: list[int], params: ApproxParams | None = None,
-                backend: ClusterBackend | None = None, *, shard: int = 16384) -> WardTree:
+                backend: ClusterBackend | None = None, *, shard: int = ArraySource.shard) -> WardTree:
     """The approximate Ward tree of the rows of an in-memory array, cut at ``ks`` (nothing kept)."""
     return ward_tree(ArraySource(x, shard), ks, params or ApproxParams(), backend or FaissBackend(),
                      NoCheckpoint())

@@ -100,7 +100,7 @@ def _examples(assignments: np.ndarray, k: int, n_examples: int, seed: int, sente
 
 def settings_key(settings: dict) -> str:
     """Short digest of a settings dict (sha1 of its canonical JSON, 16 hex digits)."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
