@@ -40,7 +40,7 @@ from results_io import merge_rows  # noqa: E402
 RESULTS = Path(__file__).parent / "results" / "cluster_scale.json"
 MACHINE = "2-core CPU box"
 IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device")
-#: How the default rule built the leaves of the tree (see cluster.micro.default_micro).
+#: How the default rule built the leaves of the tree (see cluster.params.ApproxParams.leaves).
 LEAVES = {True: "tokens (kNN-graph Ward, then dense Ward)", False: "k-means micro-clusters (then dense Ward)"}
 
 
@@ -107,7 +107,7 @@ def rerun_identical(data: Path, cmd: list[str], k: int) -> bool:
     import shutil
 
     layer_dir = data / "clusters" / "layer_6"
-    names = ["kmeans_centroids.npy", "token_micro.npy", "micro_sums.npy", "linkage.npy", f"labels_k{k}.npy"]
+    names = ["kmeans_centroids.npy", "token_micro.npy", "micro_sums.npy", "linkage.npy", f"assignments_k{k}.npy"]
     first = {name: np.load(layer_dir / name) for name in names if (layer_dir / name).is_file()}
     shutil.rmtree(data / "clusters")
     shutil.rmtree(data / "concepts", ignore_errors=True)
@@ -187,7 +187,7 @@ def _write_tables(root: Path, n: int, rng: np.random.Generator) -> None:
 def timing(args: argparse.Namespace) -> None:
     import shutil
 
-    from cluster_service.cluster.micro import default_micro
+    from cluster_service.cluster.params import ApproxParams
 
     machine = MACHINE
     if args.device == "cuda":
@@ -227,7 +227,7 @@ def timing(args: argparse.Namespace) -> None:
                    "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process",
                    "step_seconds": step_seconds(run.stderr)}
             if method == "approx":
-                row["m_rule"] = default_micro(n, args.k)
+                row["m_rule"] = ApproxParams().leaves(n, args.k)
                 if args.micro:
                     row["m_forced"] = True  # --micro overrode the rule
                 row["leaves"] = LEAVES[summary["micro"] == n]

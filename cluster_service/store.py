@@ -48,37 +48,6 @@ from .errors import UserError
 
 MANIFEST = "run.json"
 
-#: Columns every concept table has (written by the cluster stage). The annotate stage adds
-#: ``label``, ``label_status`` ("ok" / "failed"), ``label_error``, ``label_backend``, ``label_model``,
-#: ``label_prompt``, ``label_raw``, ``label_description``, ``label_type``, ``label_is_baseline``.
-CONCEPT_SCHEMA = pa.schema(
-    [
-        ("concept", pa.int32()),
-        ("size", pa.int64()),
-        # every member word, duplicates kept, in row order: what the paper's prompt lists
-        ("words", pa.list_(pa.string())),
-        # word types by descending count (ties by word), at most 50
-        ("top_types", pa.list_(pa.struct([("word", pa.string()), ("count", pa.int64())]))),
-        # a seeded handful of member occurrences in context
-        (
-            "examples",
-            pa.list_(
-                pa.struct(
-                    [
-                        ("row", pa.int64()),
-                        ("sentence_id", pa.int64()),
-                        ("position", pa.int32()),
-                        ("word", pa.string()),
-                        ("sentence", pa.string()),
-                    ]
-                )
-            ),
-        ),
-        ("centroid", pa.list_(pa.float32())),
-    ]
-)
-
-
 #: Keys of the layout, relative to the root.
 TOKENS = "tokens.parquet"
 SENTENCES = "sentences.parquet"

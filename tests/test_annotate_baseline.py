@@ -11,7 +11,8 @@ import pytest
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.fixtures import concept_table
 from cluster_service.annotate.stage import LABEL_FIELDS, annotate_run
-from cluster_service.store import CONCEPT_SCHEMA, RunStore
+from cluster_service.cluster.concepts import CONCEPT_SCHEMA
+from cluster_service.store import RunStore
 
 LAYER, K = 2, 7
 THEMES = ["cities", "weekdays", "ing_verbs", "determiners", "animals", "numbers", "adverbs"]

@@ -21,8 +21,9 @@ from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.fixtures import concept_table
 from cluster_service.annotate.stage import annotate_run, build_tasks
 from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
+from cluster_service.cluster.concepts import CONCEPT_SCHEMA
 from cluster_service.errors import UserError
-from cluster_service.store import CONCEPT_SCHEMA, RunStore
+from cluster_service.store import RunStore
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,6 @@
 """The cluster stage on real Zarr run stores: streaming, Ray, concept tables, resume, errors, CLI."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,13 +11,14 @@ import zarr
 from sklearn.metrics import adjusted_rand_score
 
 from cluster_service.cli import main as cli_main
+from cluster_service.cluster.concepts import CONCEPT_SCHEMA, concept_settings_key
 from cluster_service.cluster.config import ClusterConfig
 from cluster_service.cluster.micro import block_rows, nearest, shard_stats
 from cluster_service.cluster.parallel import assign_all
 from cluster_service.cluster.source import ArraySource, ZarrSource
 from cluster_service.cluster.stage import cluster_run
 from cluster_service.errors import UserError
-from cluster_service.store import CONCEPT_SCHEMA, RunStore
+from cluster_service.store import RunStore
 
 WORDS = ["bank", "river", "money", "the", "ran", "fast", "blue", "green"]
 
@@ -61,15 +63,15 @@ def test_streaming_assignment_equals_in_memory(tmp_path):
     acc = assign_all(src, cents, where="t", progress=False)
     x32 = x.astype(np.float32)
     labels = nearest(x32, cents, np.einsum("ij,ij->i", cents, cents), block_rows(256))
-    np.testing.assert_array_equal(acc.labels, labels)
+    np.testing.assert_array_equal(acc.token_micro, labels)
     # and the same as a brute-force argmin
     brute = np.argmin(((x32[:, None, :] - cents[None]) ** 2).sum(-1), axis=1)
-    assert (acc.labels == brute).mean() > 0.999
+    assert (acc.token_micro == brute).mean() > 0.999
     ref = shard_stats(x32, labels, 40)
     np.testing.assert_allclose(acc.sums, ref.sums, rtol=1e-12)
     np.testing.assert_array_equal(acc.counts, ref.counts)
     mem = assign_all(ArraySource(x, 256), cents, where="t", progress=False)
-    np.testing.assert_array_equal(mem.labels, acc.labels)
+    np.testing.assert_array_equal(mem.token_micro, acc.token_micro)
     np.testing.assert_array_equal(mem.sums, acc.sums)
 
 
@@ -81,7 +83,7 @@ def test_ray_assignment_equals_one_process(tmp_path, ray_local):
     cents = np.random.default_rng(2).normal(scale=8.0, size=(50, 16)).astype(np.float32)
     one = assign_all(src, cents, where="t", progress=False)
     par = assign_all(src, cents, where="t", use_ray=True, progress=False)
-    np.testing.assert_array_equal(one.labels, par.labels)
+    np.testing.assert_array_equal(one.token_micro, par.token_micro)
     np.testing.assert_array_equal(one.sums, par.sums)
     np.testing.assert_array_equal(one.counts, par.counts)
     assert one.sq_norm == par.sq_norm
@@ -105,7 +107,7 @@ def test_stage_writes_tree_concepts_and_resumes(tmp_path):
     summary = cluster_run(store, cfg)["layers"]["3"]
     assert summary["micro"] <= 300 and summary["k"] == [6, 20]
     cdir = store.clusters_dir(3)
-    labels6 = np.load(cdir / "labels_k6.npy")
+    labels6 = np.load(cdir / "assignments_k6.npy")
     assert adjusted_rand_score(truth, labels6) == 1.0
     assert np.load(cdir / "linkage.npy").shape == (summary["micro"] - 1, 4)
     assert np.load(cdir / "token_micro.npy").shape == (3000,)
@@ -138,14 +140,73 @@ def test_stage_writes_tree_concepts_and_resumes(tmp_path):
         {k: v for k, v in stamps.items() if k != "state.json"}
     assert store.concepts_path(3, 6).stat().st_mtime_ns == concept_stamp
 
-    # a new K reuses the tree; a fresh store with the same input and seed gives identical output
-    cluster_run(store, ClusterConfig(k=[6, 20, 50], micro=300, seed=3))
-    assert np.load(cdir / "linkage.npy").tobytes() == np.load(cdir / "linkage.npy").tobytes()
+    # a new K reuses the tree; a fresh store with the same input, settings and seed gives identical output
+    more = ClusterConfig(k=[6, 20, 50], micro=300, seed=3)
+    cluster_run(store, more)
+    assert (cdir / "linkage.npy").stat().st_mtime_ns == stamps["linkage.npy"]
     other = make_store(tmp_path / "again", x)
-    cluster_run(other, cfg)
-    for name in ("token_micro.npy", "linkage.npy", "labels_k6.npy", "labels_k20.npy"):
+    cluster_run(other, more)  # the same K list: parent/children link the neighbouring Ks of the run
+    for name in ("token_micro.npy", "linkage.npy", "assignments_k6.npy", "assignments_k20.npy"):
         assert (cdir / name).read_bytes() == (other.clusters_dir(3) / name).read_bytes()
     assert store.read_concepts(3, 20).equals(other.read_concepts(3, 20))
+
+
+def check_hierarchy(store: RunStore, ks: list[int]) -> None:
+    """Parent/children of the concept tables at ``ks`` (ascending) against the assignment files."""
+    tables = {k: store.read_concepts(3, k) for k in ks}
+    assign = {k: np.load(store.clusters_dir(3) / f"assignments_k{k}.npy") for k in ks}
+    assert tables[ks[0]].column("parent").null_count == ks[0]  # the root level has null parents
+    assert tables[ks[-1]].column("children").to_pylist() == [[]] * ks[-1]
+    for small, big in zip(ks, ks[1:], strict=False):
+        parent = tables[big].column("parent").to_numpy()
+        np.testing.assert_array_equal(parent[assign[big]], assign[small])  # every token lies in its parent
+        children = tables[small].column("children").to_pylist()
+        assert sorted(c for cs in children for c in cs) == list(range(big))
+        for p, cs in enumerate(children):  # the children partition their parent
+            assert cs == sorted(cs) and all(parent[c] == p for c in cs)
+            np.testing.assert_array_equal(assign[small] == p, np.isin(assign[big], cs))
+
+
+@pytest.mark.integration
+def test_concept_hierarchy_and_settings_key(tmp_path):
+    x, _ = blobs(n=1200, k=6, d=8, seed=1)
+    store = make_store(tmp_path, x, shard=256)
+    cfg = ClusterConfig(k=[20, 4], micro=200, seed=1, examples=1)
+    cluster_run(store, cfg)
+    check_hierarchy(store, [4, 20])
+    keys = {k: concept_settings_key(store.read_concepts(3, k)) for k in (4, 20)}
+    assert len(keys[4]) == 16 and keys[4] != keys[20]
+    assert concept_settings_key(pa.table({"concept": [0]})) is None  # a table written before keys
+
+    # a K added between the two: both neighbours are rewritten with new links and new keys
+    cdir = store.clusters_dir(3)
+    linkage = (cdir / "linkage.npy").stat().st_mtime_ns
+    three = dataclasses.replace(cfg, k=[4, 10, 20])
+    cluster_run(store, three)
+    check_hierarchy(store, [4, 10, 20])
+    assert all(concept_settings_key(store.read_concepts(3, k)) != keys[k] for k in (4, 20))
+    assert (cdir / "linkage.npy").stat().st_mtime_ns == linkage
+    keys = {k: concept_settings_key(store.read_concepts(3, k)) for k in (4, 10, 20)}
+    cluster_run(store, three)
+    assert {k: concept_settings_key(store.read_concepts(3, k)) for k in (4, 10, 20)} == keys
+    cluster_run(store, dataclasses.replace(three, examples=2))
+    assert all(concept_settings_key(store.read_concepts(3, k)) != keys[k] for k in (4, 10, 20))
+
+    # a run written before the rename (labels_k{K}.npy, no links, no key): a rerun writes the new names
+    state = json.loads((cdir / "state.json").read_text())
+    for k in (4, 10, 20):
+        (cdir / f"assignments_k{k}.npy").rename(cdir / f"labels_k{k}.npy")
+        entry = state.pop(f"assignments_k{k}.npy")
+        state[f"labels_k{k}.npy"] = {n: v for n, v in entry.items() if n not in ("parent_k", "child_k")}
+        store.write_concepts(3, k, store.read_concepts(3, k).drop_columns(["parent", "children"])
+                             .replace_schema_metadata(None))
+    (cdir / "state.json").write_text(json.dumps(state))
+    cluster_run(store, three)
+    assert not list(cdir.glob("labels_k*")) and not any(n.startswith("labels_k") for n in
+                                                         json.loads((cdir / "state.json").read_text()))
+    check_hierarchy(store, [4, 10, 20])
+    assert {k: concept_settings_key(store.read_concepts(3, k)) for k in (4, 10, 20)} == keys
+    assert (cdir / "linkage.npy").stat().st_mtime_ns == linkage
 
 
 @pytest.mark.integration
@@ -155,7 +216,7 @@ def test_exact_method_and_evaluate(tmp_path):
     cfg = ClusterConfig(k=[5, 40], method="exact", evaluate=600, micro=150)
     summary = cluster_run(store, cfg)["layers"]["3"]
     assert summary["micro"] == 800
-    assert adjusted_rand_score(truth, np.load(store.clusters_dir(3) / "labels_k5.npy")) == 1.0
+    assert adjusted_rand_score(truth, np.load(store.clusters_dir(3) / "assignments_k5.npy")) == 1.0
     quality = {r["k"]: r for r in summary["quality"]}
     assert quality[5]["ari_vs_exact"] == 1.0 and quality[5]["n"] == 600
     assert json.loads((store.clusters_dir(3) / "quality.json").read_text())[0]["k"] == 5
@@ -196,5 +257,5 @@ def test_cli(tmp_path, capsys):
     # default rule on a small layer: every token a leaf, kNN-graph Ward below --dense-max
     assert cli_main(["cluster", str(tmp_path), "--k", "6", "--dense-max", "100", "--neighbors", "8"]) == 0
     assert json.loads(capsys.readouterr().out)["3"]["micro"] == 500
-    labels = np.load(store.clusters_dir(3) / "labels_k6.npy")
+    labels = np.load(store.clusters_dir(3) / "assignments_k6.npy")
     assert adjusted_rand_score(truth, labels) == 1.0

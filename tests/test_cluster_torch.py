@@ -12,13 +12,14 @@ import zarr
 from scipy.cluster.hierarchy import is_valid_linkage
 from sklearn.metrics import adjusted_rand_score
 
+from cluster_service.cluster.backend import FaissBackend, TorchBackend, resolve_backend
 from cluster_service.cluster.config import ClusterConfig
 from cluster_service.cluster.graph import knn_edges
 from cluster_service.cluster.micro import nearest, train_kmeans
 from cluster_service.cluster.parallel import assign_all
 from cluster_service.cluster.source import ArraySource, ZarrSource
 from cluster_service.cluster.stage import cluster_run
-from cluster_service.cluster.torch_ops import knn_torch, resolve_device, train_kmeans_torch
+from cluster_service.cluster.torch_ops import knn_torch, train_kmeans_torch
 from cluster_service.errors import UserError
 from cluster_service.store import RunStore
 
@@ -83,16 +84,16 @@ def test_assignment_equals_numpy_path():
     cents = train_kmeans(x, 120, seed=0, iters=5)
     src = ArraySource(x, 1024)
     ref = assign_all(src, cents, where="t", progress=False)
-    got = assign_all(src, cents, where="t", progress=False, device=CPU)
+    got = TorchBackend(CPU).assign(src, cents, where="t", progress=False)
     # Exact on non-tied rows: every row whose two best centroids are not within float noise.
     d2 = ((x[:, None, :].astype(np.float64) - cents[None].astype(np.float64)) ** 2).sum(-1)
     two = np.sort(d2, axis=1)[:, :2]
     clear = (two[:, 1] - two[:, 0]) > 1e-3 * two[:, 1]
     assert clear.mean() > 0.99
-    assert np.array_equal(got.labels[clear], ref.labels[clear])
-    assert np.array_equal(got.counts, np.bincount(got.labels, minlength=120))
+    assert np.array_equal(got.token_micro[clear], ref.token_micro[clear])
+    assert np.array_equal(got.counts, np.bincount(got.token_micro, minlength=120))
     sums = np.zeros((120, x.shape[1]))
-    np.add.at(sums, got.labels, x.astype(np.float64))
+    np.add.at(sums, got.token_micro, x.astype(np.float64))
     assert np.allclose(got.sums, sums, rtol=1e-12, atol=1e-9)
     assert got.sq_norm == pytest.approx(ref.sq_norm, rel=1e-12)
 
@@ -103,21 +104,21 @@ def test_streaming_from_zarr_equals_in_memory(tmp_path):
     store = make_store(tmp_path, x, shard=512)
     x16 = x.astype(np.float16).astype(np.float32)
     cents = train_kmeans_torch(x16, 50, seed=0, iters=3, device=CPU)
-    a = assign_all(ZarrSource(str(store.activations_path), "layer_6"), cents, where="z", progress=False,
-                   device=CPU)
-    b = assign_all(ArraySource(x16, 512), cents, where="m", progress=False, device=CPU)
-    assert np.array_equal(a.labels, b.labels)
+    a = TorchBackend(CPU).assign(ZarrSource(str(store.activations_path), "layer_6"), cents, where="z",
+                                 progress=False)
+    b = TorchBackend(CPU).assign(ArraySource(x16, 512), cents, where="m", progress=False)
+    assert np.array_equal(a.token_micro, b.token_micro)
     assert np.array_equal(a.sums, b.sums) and a.sq_norm == b.sq_norm
 
 
 @pytest.mark.unit
 def test_knn_equals_faiss_exact():
     x, _ = planted(3000, 40, 32, seed=4, spread=2.0)
-    k = 16
-    ours = knn_torch(x, k, CPU)
+    neighbors = 16
+    ours = knn_torch(x, neighbors, CPU)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
-    _, theirs = index.search(x, k + 1)
+    _, theirs = index.search(x, neighbors + 1)
     x64 = x.astype(np.float64)
 
     def dists(nbr: np.ndarray) -> np.ndarray:
@@ -126,22 +127,22 @@ def test_knn_equals_faiss_exact():
     # The same neighbours up to the order of near-equal distances.
     assert np.allclose(dists(ours), dists(theirs), rtol=1e-5, atol=1e-4)
     assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).all(axis=1).mean() > 0.99
-    u1, v1 = knn_edges(x, k, CPU)
-    u2, v2 = knn_edges(x, k)
+    u1, v1 = knn_edges(x, neighbors, TorchBackend(CPU))
+    u2, v2 = knn_edges(x, neighbors, FaissBackend())
     e1, e2 = set(zip(u1.tolist(), v1.tolist(), strict=True)), set(zip(u2.tolist(), v2.tolist(), strict=True))
     assert len(e1 ^ e2) <= 0.001 * len(e2)
 
 
 @pytest.mark.unit
-def test_resolve_device():
-    assert resolve_device("cpu") is None
-    assert resolve_device("torch-cpu") == CPU
+def test_resolve_backend():
+    assert isinstance(resolve_backend("cpu"), FaissBackend)
+    assert resolve_backend("torch-cpu").device == CPU
     if torch.cuda.is_available():
-        assert resolve_device("auto") == torch.device("cuda")
+        assert resolve_backend("auto").device == torch.device("cuda")
     else:
-        assert resolve_device("auto") is None
+        assert isinstance(resolve_backend("auto"), FaissBackend)
         with pytest.raises(UserError, match="no CUDA"):
-            resolve_device("cuda")
+            resolve_backend("cuda")
 
 
 def valid_tree(z: np.ndarray, n_leaves: int, n_tokens: int) -> bool:
@@ -159,7 +160,7 @@ def _stage(root, x, **kw) -> tuple[dict, dict]:
     cfg = ClusterConfig(layers=[6], k=[8, 30], examples=2, **kw)
     summary = cluster_run(store, cfg)["layers"]["6"]
     ldir = store.clusters_dir(6)
-    arrays = {name: np.load(ldir / name) for name in ("linkage.npy", "labels_k8.npy", "labels_k30.npy")}
+    arrays = {name: np.load(ldir / name) for name in ("linkage.npy", "assignments_k8.npy", "assignments_k30.npy")}
     return summary, arrays
 
 
@@ -178,8 +179,8 @@ def test_stage_torch_path_matches_faiss_path(tmp_path, leaves):
     assert valid_tree(arr["linkage.npy"], n_leaves, len(x)) and valid_tree(ref_arr["linkage.npy"], n_leaves, len(x))
     for k in (8, 30):
         assert got["per_k"][k]["sse"] <= 1.02 * ref["per_k"][k]["sse"]
-        assert len(np.unique(arr[f"labels_k{k}.npy"])) == k
-    assert adjusted_rand_score(truth, arr["labels_k8.npy"]) > 0.95
+        assert len(np.unique(arr[f"assignments_k{k}.npy"])) == k
+    assert adjusted_rand_score(truth, arr["assignments_k8.npy"]) > 0.95
     assert all(np.array_equal(arr[name], arr2[name]) for name in arr)
 
 
@@ -206,7 +207,7 @@ def test_ray_requested_with_torch_device_assigns_in_process(tmp_path, ray_local,
     src = ZarrSource(str(store.activations_path), "layer_6")
     cents = train_kmeans_torch(x, 40, seed=0, iters=3, device=CPU)
     with caplog.at_level("INFO", logger="cluster_service.cluster"):
-        a = assign_all(src, cents, where="r", use_ray=True, progress=False, device=CPU)
+        a = resolve_backend("torch-cpu", use_ray=True).assign(src, cents, where="r", progress=False)
     assert "not as Ray tasks" in caplog.text
-    b = assign_all(src, cents, where="r", progress=False, device=CPU)
-    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.sums, b.sums)
+    b = TorchBackend(CPU).assign(src, cents, where="r", progress=False)
+    assert np.array_equal(a.token_micro, b.token_micro) and np.array_equal(a.sums, b.sums)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from ..store import CONCEPT_SCHEMA
+from ..cluster.concepts import CONCEPT_SCHEMA
 
 THEMES: dict[str, list[str]] = {
     "cities": ["London", "Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Lisbon", "Dublin", "Oslo"],

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..cluster.concepts import CONCEPT_SCHEMA
 from ..errors import UserError
 from ..logs import log_event
-from ..store import CONCEPT_SCHEMA, RunStore
+from ..store import RunStore
 from .budget import cut_to_budget, estimate_tokens, unique_types
 from .cache import ReplyCache, request_key
 from .config import AnnotateConfig

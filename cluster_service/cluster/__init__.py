@@ -1,7 +1,11 @@
 """Clustering stage: exact Ward reference, scalable approximate Ward, cuts, concept tables, quality.
 
-The cores (``exact``, ``micro``, ``ward``, ``cut``, ``quality``, ``concepts``) take and return arrays;
-``stage`` reads the run store, orchestrates (optionally over Ray) and writes results.
+Where the clustering happens: ``approx.ward_tree`` (sample, k-means, assign, link, cut), with its
+parameters in ``params.ApproxParams``, its heavy steps on a ``backend`` (FAISS or torch) and its
+intermediate results in a ``checkpoint`` (the run store, or nothing). The cores (``exact``, ``micro``,
+``graph``, ``ward``, ``cut``, ``quality``, ``concepts``) take and return arrays; ``stage`` reads the
+run store, orchestrates (optionally over Ray) and writes the assignments and concept tables, whose
+schema (``concepts.CONCEPT_SCHEMA``) this package owns.
 """
 
 from ..stage import Stage

@@ -1,69 +1,147 @@
-"""The scalable approximate Ward. Leaves: the tokens themselves up to ``GRAPH_MAX`` tokens, else
-M micro-clusters (seeded sample → FAISS k-means → every token assigned, shard by shard). Tree:
-size-weighted Ward over the leaves, kNN-graph Ward at the bottom while there are more than
-``dense_max`` clusters, dense (exact) Ward above. Then cut at each K.
+"""The one assembly of the Ward tree: sample, k-means, assign, link, cut.
 
-These step functions are shared by the stage (which persists each step to resume) and by the
-quality report (which runs them on an in-memory sample).
+Leaves: the tokens themselves up to ``graph_max`` tokens (and always for exact Ward), else M
+micro-clusters (seeded sample → k-means → every token assigned, shard by shard). Tree: size-weighted
+Ward over the leaves, kNN-graph Ward at the bottom while there are more than ``dense_max`` clusters,
+dense (exact) Ward above; exact Ward is fastcluster on the tokens. Then cut at each K.
+
+The stage runs it on a layer of the run store with the store as checkpoint (a rerun skips every
+step whose settings key is unchanged); the quality report and the tests run it on an array in memory
+with a checkpoint that keeps nothing. Both get the same bits for the same input, settings and backend.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cut import cut
+from ..errors import UserError
+from ..logs import log_event
+from .backend import ClusterBackend, FaissBackend
+from .checkpoint import Checkpoint, NoCheckpoint
+from .cut import check_k, cut
+from .exact import exact_ward
 from .graph import hybrid_ward
-from .micro import (
-    MicroPartition,
-    compact,
-    default_micro,
-    default_sample,
-    identity_partition,
-    sample_indices,
-    train_kmeans,
-)
-from .parallel import assign_all
+from .micro import MicroPartition, compact, identity_partition, sample_indices
+from .params import ApproxParams
 from .source import ArraySource, Source, read_rows
 
-if TYPE_CHECKING:
-    import torch
+log = logging.getLogger("cluster_service.cluster")
 
-
-def micro_centroids(source: Source, m: int, *, seed: int, iters: int, per_micro: int,
-                    where: str, device: torch.device | None = None) -> np.ndarray:
-    """k-means centroids [M, D] from a seeded sample of the layer (FAISS, or torch on ``device``)."""
-    rows = sample_indices(source.n, default_sample(source.n, m, per_micro), seed)
-    sample = read_rows(source, rows, where)
-    if device is None:
-        return train_kmeans(sample, m, seed, iters)
-    from .torch_ops import train_kmeans_torch
-
-    return train_kmeans_torch(sample, m, seed, iters, device)
+#: The arrays of the leaf partition, in MicroPartition order (sums and centroids only when M < N).
+PARTITION_FILES = ("token_micro.npy", "micro_sizes.npy", "micro_sums.npy", "micro_centroids.npy")
 
 
 @dataclass
-class ApproxResult:
+class WardTree:
+    """A Ward tree over leaves of the tokens, cut at each requested K."""
+
     partition: MicroPartition
-    linkage: np.ndarray
-    labels: dict[int, np.ndarray]  # K → concept id per token
+    linkage: np.ndarray  # float64 [M−1, 4], scipy format over the leaves
+    key: dict  # the settings the linkage was built with: what every cut of this tree depends on
+    leaf_concepts: dict[int, np.ndarray]  # K → concept id of every leaf (int32 [M])
+
+    def assignments(self, k: int) -> np.ndarray:
+        """Concept id of every token at K (int32 [N])."""
+        return self.leaf_concepts[k][self.partition.token_micro]
 
 
-def fit_approx(x: np.ndarray, ks: list[int], *, micro: int = 0, seed: int = 0, iters: int = 10,
-               per_micro: int = 32, shard: int = 16384, dense_max: int = 8192,
-               neighbors: int = 16, device: torch.device | None = None) -> ApproxResult:
-    """Approximate Ward of the rows of an in-memory array (the same steps the stage runs);
-    ``device``: the torch path there (None: FAISS/NumPy on the CPU)."""
-    source = ArraySource(x, shard)
-    m = micro or default_micro(source.n, max(ks))
-    if m >= source.n:
-        part = identity_partition(read_rows(source, np.arange(source.n), "sample"))
+def input_key(identity: dict, params: ApproxParams, backend: ClusterBackend) -> dict:
+    """Settings every step depends on: the input's identity, the seed and (off FAISS) the backend.
+
+    The FAISS path's keys carry no backend entry, as before backends existed, so existing stores resume.
+    """
+    key = {**identity, "seed": params.seed}
+    if backend.name != FaissBackend.name:
+        key["backend"] = backend.name
+    return key
+
+
+def leaf_count(n: int, ks: list[int], params: ApproxParams, exact: bool) -> int:
+    """M, the number of leaves: N for exact Ward, else ``params.leaves`` (checked against K and N)."""
+    if exact:
+        return n
+    m = params.leaves(n, max(ks))
+    if not max(ks) <= m <= n:
+        raise UserError(f"--micro {m}: must lie between the largest K ({max(ks)}) and the number of "
+                        f"tokens ({n})")
+    return m
+
+
+def ward_tree(source: Source, ks: list[int], params: ApproxParams, backend: ClusterBackend,
+              checkpoint: Checkpoint, *, exact: bool = False, identity: dict | None = None,
+              where: str = "sample", progress: bool = False) -> WardTree:
+    """Build (or resume from ``checkpoint``) the tree over the rows of ``source`` and cut it at ``ks``.
+
+    ``identity``: what names the input in the checkpoint keys (the stage: a fingerprint of the layer);
+    ``where``: the input's name in errors and logs.
+    """
+    ks = check_k(ks, source.n)
+    m = leaf_count(source.n, ks, params, exact)
+    key = {**input_key(identity or {}, params, backend), "m": m, "method": "exact" if exact else "approx"}
+    part, key = _leaves(source, params, m, exact, backend, checkpoint, key, where, progress)
+    z, key = _link(part, params, exact, backend, checkpoint, key, where)
+    return WardTree(part, z, key, cut(z, ks, part.sizes))
+
+
+def approx_ward(x: np.ndarray, ks: list[int], params: ApproxParams | None = None,
+                backend: ClusterBackend | None = None, *, shard: int = ArraySource.shard) -> WardTree:
+    """The approximate Ward tree of the rows of an in-memory array, cut at ``ks`` (nothing kept)."""
+    return ward_tree(ArraySource(x, shard), ks, params or ApproxParams(), backend or FaissBackend(),
+                     NoCheckpoint())
+
+
+def _leaves(source: Source, params: ApproxParams, m: int, exact: bool, backend: ClusterBackend,
+            ckpt: Checkpoint, key: dict, where: str, progress: bool) -> tuple[MicroPartition, dict]:
+    """The leaf partition: every token a leaf (M = N), or k-means micro-clusters with every token assigned."""
+    n = source.n
+    if not exact and m < n:
+        key |= {"sample_per_micro": params.sample_per_micro, "kmeans_iters": params.kmeans_iters}
+    sq_norm = ckpt.value("sq_norm", key)
+    if sq_norm is not None and all(ckpt.have(name, key) for name in PARTITION_FILES):
+        log_event(log, "micro partition reused", layer=where)
+        token_micro, sizes, sums, cents = (ckpt.load(name) for name in PARTITION_FILES)
+        return MicroPartition(token_micro, cents, sizes, sums, sq_norm), key
+    if exact or m >= n:  # the tokens are the leaves: only the identity map and unit sizes are stored
+        part = identity_partition(read_rows(source, np.arange(n), where))
+        for name, arr in zip(PARTITION_FILES[:2], (part.token_micro, part.sizes), strict=True):
+            if not ckpt.have(name, key):
+                ckpt.save(name, arr, key)
+        return part, key
+    if ckpt.have("kmeans_centroids.npy", key):
+        cents = ckpt.load("kmeans_centroids.npy")
     else:
-        cents = micro_centroids(source, m, seed=seed, iters=iters, per_micro=per_micro, where="sample",
-                                device=device)
-        part = compact(assign_all(source, cents, where="sample", progress=False, device=device))
-    z = hybrid_ward(part.centroids, part.sizes, dense_max=dense_max, k=neighbors, device=device)
-    micro_labels = cut(z, ks, part.sizes)
-    return ApproxResult(part, z, {k: lab[part.token_micro] for k, lab in micro_labels.items()})
+        t0 = time.perf_counter()
+        sample = read_rows(source, sample_indices(n, params.sample_size(n, m), params.seed), where)
+        cents = backend.kmeans(sample, m, params.seed, params.kmeans_iters)
+        ckpt.save("kmeans_centroids.npy", cents, key)
+        log_event(log, "k-means done", layer=where, m=m, seconds=time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    part = compact(backend.assign(source, cents, where=where, progress=progress))
+    log_event(log, "assignment done", layer=where, micro=len(part.sizes), ray=backend.uses_ray,
+              seconds=time.perf_counter() - t0)
+    for name, arr in zip(PARTITION_FILES, (part.token_micro, part.sizes, part.sums, part.centroids), strict=True):
+        ckpt.save(name, arr, key)
+    ckpt.save_value("sq_norm", part.sq_norm, key)
+    return part, key
+
+
+def _link(part: MicroPartition, params: ApproxParams, exact: bool, backend: ClusterBackend,
+          ckpt: Checkpoint, key: dict, where: str) -> tuple[np.ndarray, dict]:
+    """The linkage over the leaves: fastcluster for exact Ward, else hybrid (kNN-graph + dense) Ward."""
+    if not exact:
+        key = {**key, "dense_max": params.dense_max, "neighbors": params.neighbors}
+    if ckpt.have("linkage.npy", key):
+        return ckpt.load("linkage.npy"), key
+    t0 = time.perf_counter()
+    if exact:
+        z = exact_ward(part.centroids)
+    else:
+        z = hybrid_ward(part.centroids, part.sizes, dense_max=params.dense_max, neighbors=params.neighbors,
+                        backend=backend)
+    ckpt.save("linkage.npy", z, key)
+    log_event(log, "ward done", layer=where, leaves=len(part.sizes), seconds=time.perf_counter() - t0)
+    return z, key

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
+
+from .params import ApproxParams
+
+#: The one place the tree's defaults are written; the fields below take theirs from it.
+APPROX = ApproxParams()
 
 
 @dataclass
@@ -17,21 +22,21 @@ class ClusterConfig:
     method: Literal["approx", "exact"] = "approx"
     """'approx': k-means micro-clusters + size-weighted Ward (scales to millions of tokens);
     'exact': Ward on every token (fastcluster; up to ~50K tokens)."""
-    micro: int = 0
+    micro: int = APPROX.micro
     """Leaves of the tree: M k-means micro-clusters; 0 picks M = N (every token a leaf) up to
     --graph-max tokens, else min(N, max(10·K_max, 8192)); M = N means no k-means."""
-    graph_max: int = 100_000
+    graph_max: int = APPROX.graph_max
     """The default M rule makes every token a leaf up to this many tokens (kNN search ~N²·D)."""
-    dense_max: int = 8192
+    dense_max: int = APPROX.dense_max
     """Ward runs on a dense M² float64 matrix at most this wide; with more leaves, kNN-graph Ward
     (reciprocal nearest neighbours on a kNN graph) builds the bottom of the tree first."""
-    neighbors: int = 16
+    neighbors: int = APPROX.neighbors
     """Neighbours per leaf in the kNN graph of kNN-graph Ward (more: closer to exact, slower)."""
-    sample_per_micro: int = 32
+    sample_per_micro: int = APPROX.sample_per_micro
     """k-means trains on a seeded sample of this many tokens per micro-cluster (capped at N)."""
-    kmeans_iters: int = 10
+    kmeans_iters: int = APPROX.kmeans_iters
     """Lloyd iterations of the micro-cluster k-means."""
-    seed: int = 0
+    seed: int = APPROX.seed
     """Seed of every random choice (sample, k-means, examples): same input + config + seed → same output."""
     examples: int = 5
     """Example occurrences (with their sentence) stored per concept."""
@@ -53,3 +58,7 @@ class ClusterConfig:
     --address and a GPU in this process, 'auto' picks the GPU (one GPU beats many CPU tasks here);
     pass 'cpu' to spread the assignment over Ray's CPUs. Results can differ between devices on near
     ties; on one device they are reproducible."""
+
+    def approx_params(self) -> ApproxParams:
+        """The tree-building parameters of this config."""
+        return ApproxParams(**{f.name: getattr(self, f.name) for f in fields(ApproxParams)})

@@ -27,7 +27,7 @@ def check_k(ks: Iterable[int], n_leaves_or_points: int, what: str = "points") ->
 
 
 def cut(linkage: np.ndarray, ks: Iterable[int], weights: np.ndarray | None = None) -> dict[int, np.ndarray]:
-    """Leaf labels [M] (int32) for each K, from applying the first M−K merges of ``linkage``."""
+    """Concept id of every leaf [M] (int32) for each K, from applying the first M−K merges of ``linkage``."""
     m = linkage.shape[0] + 1
     ks = check_k(ks, m, "leaves in the tree")
     w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)

@@ -13,29 +13,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from .ward import _to_scipy, weighted_ward
 
 if TYPE_CHECKING:
-    import torch
+    from .backend import ClusterBackend
 
 #: Edges per chunk when computing merge costs (bounds the gathered E×D temporaries).
 _EDGE_CHUNK = 1 << 15
 
 
-def knn_edges(points: np.ndarray, k: int, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Undirected kNN edges (u < v, unique) by exact Euclidean search (FAISS/BLAS, or torch on ``device``)."""
+def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected kNN edges (u < v, unique) by exact Euclidean search on ``backend``."""
     x = np.ascontiguousarray(points, dtype=np.float32)
-    if device is None:
-        index = faiss.IndexFlatL2(x.shape[1])
-        index.add(x)
-        _, nbr = index.search(x, min(k + 1, len(x)))
-    else:
-        from .torch_ops import knn_torch
-
-        nbr = knn_torch(x, k, device)
+    nbr = backend.knn(x, neighbors)
     src = np.repeat(np.arange(len(x)), nbr.shape[1])
     dst = nbr.ravel()
     ok = (dst >= 0) & (dst != src)
@@ -100,13 +92,13 @@ def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 
-def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, *, dense_max: int = 8192, k: int = 16,
-                device: torch.device | None = None) -> np.ndarray:
+def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, *, dense_max: int, neighbors: int,
+                backend: ClusterBackend) -> np.ndarray:
     """Scipy linkage over all leaves: kNN-graph Ward down to ``dense_max`` clusters, dense Ward above.
 
     The kNN graph is rebuilt over the current cluster centroids each time the number of clusters
     halves, so merged clusters see their new neighbourhood, not only their members' old one.
-    ``device``: run the kNN searches as torch matmuls there (None: FAISS on the CPU).
+    ``neighbors`` per cluster in each kNN graph, searched on ``backend``.
     """
     n = len(sizes)
     if n <= dense_max:
@@ -117,7 +109,7 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, *, dense_max: int = 81
     rep = np.arange(n)  # a leaf inside each current cluster, names it in the merge list
     ma, mb, mh = [], [], []
     while len(rep) > dense_max:
-        u, v = knn_edges(sums / size[:, None], k, device)
+        u, v = knn_edges(sums / size[:, None], neighbors, backend)
         keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2))
         if not len(a):
             break

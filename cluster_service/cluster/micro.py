@@ -1,7 +1,7 @@
 """Micro-clusters: FAISS k-means on a seeded sample, then every token assigned to its nearest
 micro-centroid, streaming the layer shard by shard.
 
-Each shard's result (labels, per-micro sums, counts, Σ‖x‖²) depends only on that shard, and the
+Each shard's result (token → micro, per-micro sums, counts, Σ‖x‖²) depends only on that shard, and the
 driver adds shard results in shard order, so one process and many Ray tasks give identical bits.
 Assignment runs in fixed-size row blocks (the last one zero-padded) aligned to shard starts, so every
 row goes through a matrix product of the same shape at the same position whichever path reads it.
@@ -17,34 +17,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from .source import Source, check_finite
-
-#: Up to this many tokens every token is a leaf (no k-means): kNN-graph Ward over the tokens
-#: costs ~N²·D for the exact kNN search and O(N·D) memory, minutes at 100K×768 on 2 cores.
-GRAPH_MAX = 100_000
-#: Above GRAPH_MAX, k-means micro-clusters: assignment costs N·M·D and k-means training
-#: sample·M·D per iteration, so M is capped to keep 1M×768 within minutes on 2 cores.
-MICRO_CAP = 8192
-#: Lower bound of micro-clusters per requested concept: ARI against exact Ward collapses as K nears M.
-MICRO_PER_K = 10
-
-
-def default_micro(n: int, k_max: int, graph_max: int = GRAPH_MAX) -> int:
-    """M = N up to ``graph_max`` tokens, else min(N, max(10·K_max, 8192)).
-
-    Quality against exact Ward is set by how Ward-like the leaves are: k-means micro-clusters of
-    even 1.25–4 tokens lose 15–30% of the ARI that exact Ward reaches against itself, while
-    kNN-graph Ward over the tokens themselves matches exact Ward as well as exact Ward matches its
-    own 90% subsample. So tokens are the leaves while the kNN search is affordable; above that,
-    as many micro-clusters as the N·M·D assignment budget allows (8192), never fewer than 10·K_max
-    so every cut stays far from M.
-    """
-    if n <= graph_max:
-        return int(n)
-    return int(min(n, max(MICRO_PER_K * k_max, MICRO_CAP)))
-
-
-def default_sample(n: int, m: int, per_micro: int) -> int:
-    return int(min(n, max(m, per_micro * m)))
 
 
 def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
@@ -88,20 +60,21 @@ def nearest(x: np.ndarray, centroids: np.ndarray, cnorm: np.ndarray, block: int)
 
 @dataclass
 class ShardStats:
-    """What one shard contributes: labels of its rows and per-micro sufficient statistics."""
+    """What one shard contributes: the micro-cluster of each of its rows and per-micro sufficient statistics."""
 
-    labels: np.ndarray  # int32 [rows]
+    token_micro: np.ndarray  # int32 [rows]: nearest centroid of each row
     sums: np.ndarray  # float64 [M, D]
     counts: np.ndarray  # int64 [M]
     sq_norm: float  # Σ‖x‖² over the shard's rows (for SSE)
 
 
-def shard_stats(x: np.ndarray, labels: np.ndarray, m: int) -> ShardStats:
+def shard_stats(x: np.ndarray, token_micro: np.ndarray, m: int) -> ShardStats:
     x64 = x.astype(np.float64)
-    onehot = sp.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(m, len(labels)))
+    rows = np.arange(len(token_micro))
+    onehot = sp.csr_matrix((np.ones(len(rows)), (token_micro, rows)), shape=(m, len(rows)))
     sums = np.asarray(onehot @ x64)
-    counts = np.bincount(labels, minlength=m).astype(np.int64)
-    return ShardStats(labels, sums, counts, float(np.einsum("ij,ij->", x64, x64)))
+    counts = np.bincount(token_micro, minlength=m).astype(np.int64)
+    return ShardStats(token_micro, sums, counts, float(np.einsum("ij,ij->", x64, x64)))
 
 
 def assign_shard(source: Source, lo: int, hi: int, centroids: np.ndarray, where: str) -> ShardStats:
@@ -109,21 +82,21 @@ def assign_shard(source: Source, lo: int, hi: int, centroids: np.ndarray, where:
     x = source.read(lo, hi)
     check_finite(x, lo, where)
     cnorm = np.einsum("ij,ij->i", centroids, centroids)
-    labels = nearest(x, centroids, cnorm, block_rows(source.shard))
-    return shard_stats(x, labels, len(centroids))
+    token_micro = nearest(x, centroids, cnorm, block_rows(source.shard))
+    return shard_stats(x, token_micro, len(centroids))
 
 
 class Accumulator:
     """Adds shard results strictly in shard order (deterministic float sums)."""
 
     def __init__(self, n: int, m: int, d: int):
-        self.labels = np.empty(n, dtype=np.int32)
+        self.token_micro = np.empty(n, dtype=np.int32)
         self.sums = np.zeros((m, d), dtype=np.float64)
         self.counts = np.zeros(m, dtype=np.int64)
         self.sq_norm = 0.0
 
     def add(self, lo: int, stats: ShardStats) -> None:
-        self.labels[lo: lo + len(stats.labels)] = stats.labels
+        self.token_micro[lo: lo + len(stats.token_micro)] = stats.token_micro
         self.sums += stats.sums
         self.counts += stats.counts
         self.sq_norm += stats.sq_norm
@@ -146,7 +119,7 @@ def compact(acc: Accumulator) -> MicroPartition:
     remap = np.cumsum(keep, dtype=np.int64) - 1
     sums = acc.sums[keep]
     sizes = acc.counts[keep]
-    return MicroPartition(remap[acc.labels].astype(np.int32), sums / sizes[:, None], sizes, sums,
+    return MicroPartition(remap[acc.token_micro].astype(np.int32), sums / sizes[:, None], sizes, sums,
                           acc.sq_norm)
 
 

@@ -1,4 +1,4 @@
-"""Assignment of every token, shard by shard: in this process, or as Ray tasks (one per shard).
+"""FAISS-path assignment of every token, shard by shard: in this process, or as Ray tasks (one per shard).
 
 Ray tasks read their own shard from the store (memory bounded by the shard size); the driver keeps
 a bounded window of tasks in flight and folds results in shard order, so both paths agree bit for bit.
@@ -6,37 +6,18 @@ a bounded window of tasks in flight and folds results in shard order, so both pa
 
 from __future__ import annotations
 
-import logging
 from collections import deque
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
-from ..logs import log_event
 from .micro import Accumulator, ShardStats, assign_shard
 from .source import Source, shard_ranges
 
-if TYPE_CHECKING:
-    import torch
-
-log = logging.getLogger("cluster_service.cluster")
-
 
 def assign_all(source: Source, centroids: np.ndarray, *, where: str, use_ray: bool = False,
-               workers: int = 0, progress: bool = True, device: torch.device | None = None) -> Accumulator:
-    """Assign all rows of ``source`` to ``centroids``; Ray must be initialised when ``use_ray``.
-
-    With a torch ``device`` the assignment runs in this process on that device (``use_ray`` is
-    ignored: the GPU belongs to this process; see ``torch_ops``).
-    """
-    if device is not None:
-        from .torch_ops import assign_all_torch
-
-        if use_ray:
-            log_event(log, "assignment on the torch device in this process, not as Ray tasks", device=str(device))
-
-        return assign_all_torch(source, centroids, where=where, device=device, progress=progress)
+               workers: int = 0, progress: bool = True) -> Accumulator:
+    """Assign all rows of ``source`` to ``centroids`` (NumPy); Ray must be initialised when ``use_ray``."""
     acc = Accumulator(source.n, len(centroids), source.d)
     ranges = shard_ranges(source.n, source.shard)
     bar = tqdm(total=len(ranges), desc=f"assign {where}", unit="shard", disable=not progress)

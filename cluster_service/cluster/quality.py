@@ -8,31 +8,33 @@ subsample; that stability is the ceiling ARI is judged against. We also report t
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import faiss
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from .approx import fit_approx
+from .approx import approx_ward
 from .cut import check_k, cut
 from .exact import exact_ward
-from .micro import default_micro, nearest
+from .micro import nearest
+from .params import ApproxParams
 
 
-def within_sse(x: np.ndarray, labels: np.ndarray) -> float:
+def within_sse(x: np.ndarray, assignments: np.ndarray) -> float:
     """Σ over clusters of Σ‖x − c‖² (float64, centred for accuracy)."""
     x64 = x.astype(np.float64)
     x64 -= x64.mean(axis=0)
-    k = int(labels.max()) + 1
-    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    k = int(assignments.max()) + 1
+    counts = np.bincount(assignments, minlength=k).astype(np.float64)
     sums = np.zeros((k, x64.shape[1]))
-    np.add.at(sums, labels, x64)
+    np.add.at(sums, assignments, x64)
     nz = counts > 0
     between = (np.einsum("ij,ij->i", sums[nz], sums[nz]) / counts[nz]).sum()
     return float(np.einsum("ij,ij->", x64, x64) - between)
 
 
-def kmeans_labels(x: np.ndarray, k: int, seed: int, iters: int = 20) -> np.ndarray:
+def kmeans_assignments(x: np.ndarray, k: int, seed: int, iters: int = 20) -> np.ndarray:
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     km = faiss.Kmeans(x32.shape[1], k, niter=iters, seed=seed, verbose=False,
                       max_points_per_centroid=len(x32))
@@ -46,53 +48,53 @@ def _scores(ref: np.ndarray, other: np.ndarray) -> tuple[float, float]:
 
 
 #: The reference recipe also scored by --evaluate: k-means to N/4 micro-clusters + weighted Ward,
-#: the leaves the budget allows at 1M tokens relative to their N (see micro.default_micro).
+#: the leaves the budget allows at 1M tokens relative to their N (see ApproxParams.leaves).
 RECIPE_TOKENS_PER_MICRO = 4
 
 
-def evaluate(x: np.ndarray, ks: list[int], *, seed: int = 0, micro: int = 0, iters: int = 10,
-             per_micro: int = 32, dense_max: int = 8192, neighbors: int = 16) -> list[dict]:
-    """One row per K: approximate, k-means micro + Ward (N/4 leaves) and plain k-means at K vs exact
-    Ward (ARI, NMI, SSE ratio), and exact Ward's 90%-subsample stability."""
+def evaluate(x: np.ndarray, ks: list[int], params: ApproxParams | None = None) -> list[dict]:
+    """One row per K: approximate (with ``params``, on FAISS), k-means micro + Ward (N/4 leaves) and
+    plain k-means at K vs exact Ward (ARI, NMI, SSE ratio), and exact Ward's 90%-subsample stability."""
+    params = params or ApproxParams()
+    seed = params.seed
     ks = check_k(ks, len(x))
     t0 = time.perf_counter()
     exact = cut(exact_ward(x), ks)
     t_exact = time.perf_counter() - t0
-    micro = micro or default_micro(len(x), max(ks))
+    micro = params.leaves(len(x), max(ks))
     t0 = time.perf_counter()
-    approx = fit_approx(x, ks, micro=micro, seed=seed, iters=iters, per_micro=per_micro,
-                        dense_max=dense_max, neighbors=neighbors)
+    approx = approx_ward(x, ks, replace(params, micro=micro))
     t_approx = time.perf_counter() - t0
     m_recipe = max(max(ks), len(x) // RECIPE_TOKENS_PER_MICRO)
     t0 = time.perf_counter()
-    recipe = fit_approx(x, ks, micro=m_recipe, seed=seed, iters=iters, per_micro=per_micro,
-                        dense_max=dense_max, neighbors=neighbors)
+    recipe = approx_ward(x, ks, replace(params, micro=m_recipe))
     t_recipe = time.perf_counter() - t0
     rng = np.random.default_rng(seed + 1)
     keep = np.sort(rng.choice(len(x), size=int(0.9 * len(x)), replace=False))
     sub = cut(exact_ward(x[keep]), [k for k in ks if k <= len(keep)])
     rows = []
     for k in ks:
+        a_k, r_k = approx.assignments(k), recipe.assignments(k)
         e_sse = within_sse(x, exact[k])
-        a_ari, a_nmi = _scores(exact[k], approx.labels[k])
+        a_ari, a_nmi = _scores(exact[k], a_k)
         t0 = time.perf_counter()
-        km = kmeans_labels(x, k, seed)
+        km = kmeans_assignments(x, k, seed)
         t_km = time.perf_counter() - t0
         k_ari, k_nmi = _scores(exact[k], km)
-        r_ari, r_nmi = _scores(exact[k], recipe.labels[k])
+        r_ari, r_nmi = _scores(exact[k], r_k)
         s_ari, s_nmi = _scores(exact[k][keep], sub[k]) if k in sub else (float("nan"), float("nan"))
         rows.append({
             "k": k, "n": len(x), "m": int(micro),
             "m_nonempty": len(approx.partition.sizes),
             "ari_vs_exact": a_ari, "nmi_vs_exact": a_nmi,
             "exact_sse": e_sse,
-            "sse_ratio_vs_exact": within_sse(x, approx.labels[k]) / e_sse,
+            "sse_ratio_vs_exact": within_sse(x, a_k) / e_sse,
             "kmeans_ari_vs_exact": k_ari, "kmeans_nmi_vs_exact": k_nmi,
             "kmeans_sse_ratio_vs_exact": within_sse(x, km) / e_sse,
             "ari_exact_subsample": s_ari, "nmi_exact_subsample": s_nmi,
             "ari_ratio_to_stability": a_ari / s_ari if s_ari == s_ari and s_ari > 0 else float("nan"),
             "kmeans_micro_ari_vs_exact": r_ari, "kmeans_micro_nmi_vs_exact": r_nmi,
-            "kmeans_micro_sse_ratio_vs_exact": within_sse(x, recipe.labels[k]) / e_sse,
+            "kmeans_micro_sse_ratio_vs_exact": within_sse(x, r_k) / e_sse,
             "kmeans_micro_m": m_recipe, "extra_methods": ["kmeans_micro"],
             "exact_seconds": t_exact, "seconds": t_approx, "kmeans_micro_seconds": t_recipe,
             "kmeans_seconds": t_km,

@@ -36,26 +36,6 @@ KNN_ELEMENTS = 1 << 27
 SPLIT_EPS = 1.0 / 1024.0
 
 
-def resolve_device(name: str) -> torch.device | None:
-    """The torch device of the config's ``device`` value, or None for the FAISS/NumPy CPU path."""
-    if name == "cpu":
-        return None
-    if name == "torch-cpu":
-        return torch.device("cpu")
-    if name == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else None
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: torch sees no CUDA device here; use --device auto or cpu")
-        return torch.device("cuda")
-    raise UserError(f"--device {name}: expected auto, cpu, cuda or torch-cpu")
-
-
-def backend_name(device: torch.device | None) -> str:
-    """Name of the path for resume keys: results differ (near ties) between paths and devices."""
-    return "faiss" if device is None else f"torch-{device.type}"
-
-
 def _nearest(x: torch.Tensor, cents: torch.Tensor, cnorm: torch.Tensor) -> torch.Tensor:
     """argmin_j ‖x − c_j‖² = argmin_j (‖c_j‖² − 2·x·c_j); ties go to the lowest j (like NumPy)."""
     scores = torch.addmm(cnorm[None, :], x, cents.T, beta=1.0, alpha=-2.0)
@@ -144,7 +124,7 @@ def assign_all_torch(source: Source, centroids: np.ndarray, *, where: str, devic
                 sums += _onehot_sums(x64, lab, m)
                 counts += torch.bincount(lab, minlength=m)
                 sq_norm += (x64 * x64).sum()
-            acc.labels[lo:hi] = out.cpu().numpy()
+            acc.token_micro[lo:hi] = out.cpu().numpy()
             bar.update()
     bar.close()
     acc.sums[:] = sums.cpu().numpy()
@@ -154,12 +134,12 @@ def assign_all_torch(source: Source, centroids: np.ndarray, *, where: str, devic
     return acc
 
 
-def knn_torch(points: np.ndarray, k: int, device: torch.device) -> np.ndarray:
-    """Indices [n, min(k+1, n)] of each point's nearest points (itself usually first): exact search
+def knn_torch(points: np.ndarray, neighbors: int, device: torch.device) -> np.ndarray:
+    """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first): exact search
     by blocked fp32 matmul (‖x‖² + ‖y‖² − 2·x·y, as FAISS's flat L2 index computes it)."""
     x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
     n = len(x)
-    kk = min(k + 1, n)
+    kk = min(neighbors + 1, n)
     norms = (x * x).sum(dim=1)
     block = max(1, min(n, KNN_ELEMENTS // max(n, 1)))
     out = torch.empty((n, kk), dtype=torch.int64, device=device)

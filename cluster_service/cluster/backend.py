@@ -1,0 +1,122 @@
+"""Where the heavy steps of the approximate Ward run: k-means, nearest-centroid assignment, kNN search.
+
+``FaissBackend`` is FAISS/NumPy on the CPU (assignment optionally as Ray tasks, one per shard);
+``TorchBackend`` is torch matmuls on one device (a GPU, or the CPU to test the GPU code; see
+``torch_ops``). The tree code takes a backend instead of branching on a device, and the backend's
+``name`` goes into the resume keys because the two paths can differ on near ties.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+import faiss
+import numpy as np
+
+from ..errors import UserError
+from ..logs import log_event
+from .micro import Accumulator, train_kmeans
+from .parallel import assign_all
+from .source import Source
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("cluster_service.cluster")
+
+
+class ClusterBackend(Protocol):
+    """The three operations whose implementation differs between FAISS and torch."""
+
+    #: Name of the path in resume keys and summaries ("faiss", "torch-cpu", "torch-cuda").
+    name: str
+    #: Whether the assignment runs as Ray tasks.
+    uses_ray: bool
+
+    def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
+        """Centroids [m, D] float32 of Lloyd k-means on ``sample`` (m distinct seeded initial points)."""
+        ...
+
+    def assign(self, source: Source, centroids: np.ndarray, *, where: str, progress: bool = True) -> Accumulator:
+        """Every row of ``source`` to its nearest centroid, with per-centroid sums, counts and Σ‖x‖²."""
+        ...
+
+    def knn(self, points: np.ndarray, neighbors: int) -> np.ndarray:
+        """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first)."""
+        ...
+
+
+class FaissBackend:
+    """FAISS k-means and flat L2 search, NumPy assignment in this process or as Ray tasks."""
+
+    name = "faiss"
+
+    def __init__(self, use_ray: bool = False, workers: int = 0):
+        self.uses_ray = use_ray
+        self.workers = workers
+
+    def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
+        return train_kmeans(sample, m, seed, iters)
+
+    def assign(self, source: Source, centroids: np.ndarray, *, where: str, progress: bool = True) -> Accumulator:
+        return assign_all(source, centroids, where=where, use_ray=self.uses_ray, workers=self.workers,
+                          progress=progress)
+
+    def knn(self, points: np.ndarray, neighbors: int) -> np.ndarray:
+        x = np.ascontiguousarray(points, dtype=np.float32)
+        index = faiss.IndexFlatL2(x.shape[1])
+        index.add(x)
+        return index.search(x, min(neighbors + 1, len(x)))[1]
+
+
+class TorchBackend:
+    """Torch matmuls on ``device``; assignment in this process, shard by shard (the GPU is this process's)."""
+
+    uses_ray = False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.name = f"torch-{device.type}"
+
+    def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
+        from .torch_ops import train_kmeans_torch
+
+        return train_kmeans_torch(sample, m, seed, iters, self.device)
+
+    def assign(self, source: Source, centroids: np.ndarray, *, where: str, progress: bool = True) -> Accumulator:
+        from .torch_ops import assign_all_torch
+
+        return assign_all_torch(source, centroids, where=where, device=self.device, progress=progress)
+
+    def knn(self, points: np.ndarray, neighbors: int) -> np.ndarray:
+        from .torch_ops import knn_torch
+
+        return knn_torch(points, neighbors, self.device)
+
+
+def resolve_backend(name: str, *, use_ray: bool = False, workers: int = 0) -> ClusterBackend:
+    """The backend of the config's ``device`` value ('auto', 'cpu', 'cuda', 'torch-cpu').
+
+    ``use_ray`` (Ray is initialised) spreads the FAISS path's assignment over Ray tasks; a torch
+    device assigns in this process whatever Ray is doing (one GPU beats many CPU tasks here).
+    """
+    import torch
+
+    if name == "cpu":
+        return FaissBackend(use_ray, workers)
+    if name == "torch-cpu":
+        device = torch.device("cpu")
+    elif name == "auto":
+        if not torch.cuda.is_available():
+            return FaissBackend(use_ray, workers)
+        device = torch.device("cuda")
+    elif name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA device here; use --device auto or cpu")
+        device = torch.device("cuda")
+    else:
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or torch-cpu")
+    if use_ray:
+        log_event(log, "assignment on the torch device in this process, not as Ray tasks", device=str(device))
+    return TorchBackend(device)
