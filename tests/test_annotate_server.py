@@ -16,13 +16,17 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cluster_service.annotate.budget import estimate_tokens
+from cluster_service.annotate import labels
+from cluster_service.annotate.budget import estimate_llm_tokens
 from cluster_service.annotate.config import AnnotateConfig
-from cluster_service.annotate.fixtures import concept_table
-from cluster_service.annotate.stage import annotate_run, build_tasks
-from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
-from cluster_service.errors import UserError
-from cluster_service.store import CONCEPT_SCHEMA, RunStore
+from cluster_service.annotate.labels import annotator_name, concepts_with_labels
+from cluster_service.annotate.llm import build_tasks
+from cluster_service.annotate.stage import annotate_run
+from cluster_service.errors import StageFailed, UserError
+from cluster_service.store import ANNOTATIONS, CONCEPT_SCHEMA, RunStore
+from cluster_service.testing.concepts import synthetic_concept_table
+from cluster_service.testing.openai_server import ServerProcess
+from cluster_service.testing.windows import max_in_window, max_sum_in_window
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +51,7 @@ def fake(server, monkeypatch):
 def make_store(root: Path, n: int, seed: int = 0) -> RunStore:
     store = RunStore(root)
     sizes = [3 + (7 * i) % 40 for i in range(n)]
-    store.write_concepts(LAYER, n, concept_table(sizes, seed=seed))
+    store.write_concepts(LAYER, n, synthetic_concept_table(sizes, seed=seed))
     return store
 
 
@@ -57,8 +61,16 @@ def config(srv: ServerProcess, **kw) -> AnnotateConfig:
     return AnnotateConfig(**{**base, **kw})
 
 
-def rows(store: RunStore, k: int) -> list[dict]:
-    return store.read_concepts(LAYER, k).to_pylist()
+def rows(store: RunStore, k: int, prompt: str = "paper") -> list[dict]:
+    """The concept table with this test's annotator's labels (the default may be another one)."""
+    return concepts_with_labels(store, LAYER, k, annotator_name("openai", "test-model", prompt)).to_pylist()
+
+
+def failing(run) -> dict:
+    """The summary of an annotate run that must end with failed concepts (StageFailed)."""
+    with pytest.raises(StageFailed) as failed:
+        run()
+    return failed.value.summary
 
 
 def successes(log: list[dict]) -> Counter:
@@ -66,7 +78,7 @@ def successes(log: list[dict]) -> Counter:
 
 
 def cli(store: RunStore, k: int, srv: ServerProcess, *extra: str, key: str = KEY, **popen) -> list[str]:
-    return [sys.executable, "-m", "cluster_service.cli", "annotate", str(store.root), "--layer", str(LAYER),
+    return [sys.executable, "-m", "cluster_service.cli", "annotate", store.where(), "--layer", str(LAYER),
             "--k", str(k), "--backend", "openai", "--base-url", srv.url, "--model", "test-model",
             "--api-key-env", KEY_ENV, "--backoff-base-s", "0.05", *extra]
 
@@ -94,7 +106,7 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
     assert summary["calls"] == len(log) and summary["retries"] == len(log) - 30
     assert max(successes(log).values()) == 1
     served = [e for e in log if e.get("success")]
-    assert summary["tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in served)
+    assert summary["llm_tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in served)
 
     again = annotate_run(store, LAYER, 30, config(fake))
     assert again["calls"] == 0 and again["cached"] == 30 and len(fake.log()) == len(log)
@@ -104,8 +116,8 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
 def test_json_prompt_is_validated_and_raw_reply_kept(fake, tmp_path):
     fake.control(script=["not_json_content"])
     store = make_store(tmp_path / "run", 8)
-    summary = annotate_run(store, LAYER, 8, config(fake, prompt="json"))
-    table = rows(store, 8)
+    summary = failing(lambda: annotate_run(store, LAYER, 8, config(fake, prompt="json")))
+    table = rows(store, 8, "json")
     failed = [r for r in table if r["label_status"] == "failed"]
     assert summary["failed"] == 1 and len(failed) == 1
     assert "not JSON" in failed[0]["label_error"] and failed[0]["label_raw"].startswith("Sure! Here is")
@@ -120,8 +132,11 @@ def test_json_prompt_is_validated_and_raw_reply_kept(fake, tmp_path):
 def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_count, refused_twice):
     fake.control(filter_words=["London"], filter_style=style, filter_min_count=min_count)
     store = RunStore(tmp_path / "run")
-    store.write_concepts(LAYER, 3, concept_table([30, 30, 30], themes=["cities", "animals", "cities"]))
-    annotate_run(store, LAYER, 3, config(fake))
+    store.write_concepts(LAYER, 3, synthetic_concept_table([30, 30, 30], themes=["cities", "animals", "cities"]))
+    if refused_twice:
+        failing(lambda: annotate_run(store, LAYER, 3, config(fake)))
+    else:
+        annotate_run(store, LAYER, 3, config(fake))
     table = rows(store, 3)
     animals = table[1]
     assert animals["label_status"] == "ok" and animals["label_prompt"] == "paper"
@@ -136,7 +151,7 @@ def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_cou
 
 
 def test_identical_prompts_share_one_call(fake, tmp_path):
-    rows_in = concept_table([6, 6, 6, 9], seed=2).to_pylist()
+    rows_in = synthetic_concept_table([6, 6, 6, 9], seed=2).to_pylist()
     for r in rows_in[1:3]:
         r["words"], r["examples"] = rows_in[0]["words"], rows_in[0]["examples"]
     store = RunStore(tmp_path / "run")
@@ -259,15 +274,16 @@ def test_key_in_no_log_line_or_file(fake, tmp_path):
 
 def test_dry_run_calls_nothing_and_writes_nothing(fake, tmp_path):
     store = make_store(tmp_path / "run", 12)
-    before = store.concepts_path(LAYER, 12).read_bytes()
+    before = store.read_bytes(store.concepts_key(LAYER, 12))
     proc = subprocess.run(cli(store, 12, fake, "--dry-run"), env=env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "12 calls to make" in proc.stdout and "estimated cost" in proc.stdout
     cfg = config(fake, dry_run=True, input_price_per_mtok=1.0, output_price_per_mtok=2.0, max_tokens=50)
     est = annotate_run(store, LAYER, 12, cfg)
-    prompt = sum(estimate_tokens(t.request["messages"]) for t in build_tasks(cfg, rows(store, 12)))
-    assert est["calls"] == 12 and est["est_prompt_tokens"] == prompt and est["est_tokens"] == prompt + 600
+    concept_rows = store.read_concepts(LAYER, 12).to_pylist()
+    prompt = sum(estimate_llm_tokens(t.request["messages"]) for t in build_tasks(cfg, concept_rows))
+    assert est["calls"] == 12 and est["est_prompt_tokens"] == prompt and est["est_llm_tokens"] == prompt + 600
     assert est["est_cost_usd"] == pytest.approx((prompt * 1.0 + 600 * 2.0) / 1e6)
-    assert fake.log() == [] and not store.annotations_db.exists()
-    assert store.concepts_path(LAYER, 12).read_bytes() == before
+    assert fake.log() == [] and not store.has(ANNOTATIONS)
+    assert store.read_bytes(store.concepts_key(LAYER, 12)) == before and labels.annotators(store, LAYER, 12) == []
