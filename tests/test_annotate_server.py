@@ -287,3 +287,93 @@ def test_dry_run_calls_nothing_and_writes_nothing(fake, tmp_path):
     assert est["est_cost_usd"] == pytest.approx((prompt * 1.0 + 600 * 2.0) / 1e6)
     assert fake.log() == [] and not store.has(ANNOTATIONS)
     assert store.read_bytes(store.concepts_key(LAYER, 12)) == before and labels.annotators(store, LAYER, 12) == []
+
+
+def test_a_failed_run_replaces_no_good_labels_and_exits_1(fake, tmp_path):
+    """The bug of issue 9: an openai run that failed for every concept replaced the baseline labels with
+    empty ones and exited 0. Now each annotator has its own file, failures keep earlier labels of the same
+    annotator, the default moves only to an annotator that labelled everything, and the exit status is 1."""
+    n = 12
+    store = make_store(tmp_path / "run", n)
+    annotate_run(store, LAYER, n, AnnotateConfig(progress=False))
+    baseline_file = store.read_bytes("labels/layer_3_k12/baseline.parquet")
+    fake.control(rates={"500": 1.0})
+    proc = subprocess.run(cli(store, n, fake, "--max-retries", "0"), env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and f"{n} of {n} concepts failed: concept 0: HTTP 500" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "failed 12" in proc.stdout
+    assert store.read_bytes("labels/layer_3_k12/baseline.parquet") == baseline_file
+    assert labels.default_annotator(store, LAYER, n) == "baseline"
+    default = concepts_with_labels(store, LAYER, n).to_pylist()
+    assert all(r["label_is_baseline"] and r["label_status"] == "ok" for r in default)
+    assert {r["label_status"] for r in rows(store, n)} == {"failed"}  # the openai run's own file says so
+    assert store.read_manifest()["stages"][f"annotate:layer_{LAYER}_k{n}"]["status"] == "failed"
+
+    fake.reset()
+    summary = annotate_run(store, LAYER, n, config(fake))
+    assert summary["labelled"] == n and labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
+    assert labels.annotators(store, LAYER, n) == ["baseline", "openai-test-model-paper"]
+    good = rows(store, n)
+    assert concepts_with_labels(store, LAYER, n).to_pylist() == good
+    assert concepts_with_labels(store, LAYER, n, "baseline").column("label_is_baseline").to_pylist() == [True] * n
+
+    # the same annotator with other settings (new requests, none cached), every call failing: its labels stay
+    fake.control(rates={"500": 1.0})
+    again = failing(lambda: annotate_run(store, LAYER, n, config(fake, max_tokens=90, max_retries=0)))
+    assert again["failed"] == n and rows(store, n) == good
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
+
+
+def test_rerun_asks_again_only_for_the_failed_concepts(fake, tmp_path):
+    n = 10
+    fake.control(script=["not_json_content", "not_json_content"])
+    store = make_store(tmp_path / "run", n)
+    first = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", concurrency=1)))
+    assert first["failed"] == 2 and first["calls"] == n
+    failed = {r["concept"] for r in rows(store, n, "json") if r["label_status"] == "failed"}
+    unusable = {e["hash"] for e in fake.log() if e["fault"] == "not_json_content"}
+    assert len(failed) == 2 and len(unusable) == 2
+    assert labels.default_annotator(store, LAYER, n) is None  # nobody labelled every concept yet
+    with pytest.raises(UserError, match="no default annotator"):
+        concepts_with_labels(store, LAYER, n)
+
+    rerun = annotate_run(store, LAYER, n, config(fake, prompt="json"))
+    asked = fake.log()[n:]
+    assert rerun["calls"] == 2 and rerun["cached"] == n - 2 and rerun["labelled"] == n
+    assert {e["hash"] for e in asked} == unusable  # the very requests that failed, nothing else
+    assert all(r["label_status"] == "ok" for r in concepts_with_labels(store, LAYER, n).to_pylist())
+
+
+def test_a_reply_cut_off_by_the_completion_limit_is_flagged_not_clean(fake, tmp_path):
+    n = 6
+    store = make_store(tmp_path / "run", n)
+    summary = annotate_run(store, LAYER, n, config(fake, max_tokens=3))
+    assert fake.log() and all(e["finish_reason"] == "length" for e in fake.log())
+    assert summary["truncated"] == n and summary["labelled"] == 0 and summary["failed"] == 0
+    for r in rows(store, n):
+        assert r["label_status"] == "truncated" and r["label"] and "cut off" in r["label_error"]
+        assert len(r["label"]) <= 3 * 3.6
+    # the same cut in a JSON reply leaves no parseable label: failed, and the reason says why
+    truncated_json = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", max_tokens=5)))
+    assert truncated_json["failed"] == n
+    assert all("not JSON" in r["label_error"] and "cut off" in r["label_error"] for r in rows(store, n, "json"))
+
+
+def test_set_default_picks_among_annotators(fake, tmp_path):
+    n = 4
+    store = make_store(tmp_path / "run", n)
+    annotate_run(store, LAYER, n, config(fake))
+    annotate_run(store, LAYER, n, config(fake, prompt="lexical"))
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-lexical"
+    base = [sys.executable, "-m", "cluster_service.cli", "annotate", store.where(), "--layer", str(LAYER), "--k",
+            str(n), "--set-default"]
+    done = subprocess.run([*base, "openai-test-model-paper"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
+    assert concepts_with_labels(store, LAYER, n).column("label_prompt").to_pylist() == ["paper"] * n
+    unknown = subprocess.run([*base, "gpt-5"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0
+    assert "'gpt-5' (there are: openai-test-model-lexical, openai-test-model-paper)" in unknown.stderr
+    assert fake.log() and len(fake.log()) == 2 * n  # setting the default labels nothing
