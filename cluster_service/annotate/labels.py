@@ -17,6 +17,7 @@ columns, as when the annotate stage wrote them into the concept table. Runs from
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -160,25 +161,12 @@ def previous_labels(store: RunStore, layer: int, k: int, annotator: str,
 
 def labels_table(outcomes: Sequence[Outcome], backend: str, is_baseline: bool) -> pa.Table:
     """Outcomes as a labels table, rows by concept id."""
-    ordered = sorted(outcomes, key=lambda o: o.concept)
-    values = {
-        "concept": [o.concept for o in ordered],
-        "label": [o.label for o in ordered],
-        "status": [o.status for o in ordered],
-        "error": [o.error for o in ordered],
-        "backend": [backend] * len(ordered),
-        "model": [o.model for o in ordered],
-        "prompt": [o.prompt_variant for o in ordered],
-        "raw": [o.raw for o in ordered],
-        "description": [o.description for o in ordered],
-        "type": [o.type for o in ordered],
-        "is_baseline": [is_baseline] * len(ordered),
-        "calls": [o.calls for o in ordered],
-        "cached": [o.cached for o in ordered],
-        "prompt_tokens": [o.prompt_tokens for o in ordered],
-        "completion_tokens": [o.completion_tokens for o in ordered],
-    }
-    return pa.Table.from_pydict(values, schema=LABELS_SCHEMA)
+    rows = []
+    for outcome in sorted(outcomes, key=lambda o: o.concept):
+        row = dataclasses.asdict(outcome)
+        row.update(prompt=outcome.prompt_variant, backend=backend, is_baseline=is_baseline)
+        rows.append({name: row[name] for name in LABELS_SCHEMA.names})
+    return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
 
 
 def keep_previous(fresh: pa.Table, previous: pa.Table | None) -> pa.Table:

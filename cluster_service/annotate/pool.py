@@ -4,6 +4,10 @@ One coroutine per concept; a semaphore bounds the requests in flight, the ``Rate
 the ``ReplyCache`` answers anything already paid for. The first live call goes alone (a probe), so a
 wrong key or model name costs one request, not ``concurrency`` of them; any fatal answer afterwards
 stops every coroutine before its next send.
+
+Per concept (``_one``): get a reply (``_reply``: the cache, a concept with the same prompt in flight, or
+``_attempt`` with backoff between retries), ``_classify`` it into a label or a reason, and fall back to
+each type once (``_variants``) when the content filter refuses the request.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from .usage import Usage
 
 log = logging.getLogger("cluster_service.annotate")
 
-CUT_OFF = "cut off at the completion limit, --max-tokens"
 
 
 @dataclass
@@ -129,11 +132,14 @@ class AnnotationPool:
         try:
             parsed = parse_reply(self.settings.prompt, reply.content or "")
         except ReplyError as exc:
-            out.error = f"unusable reply: {exc}" + (f" ({CUT_OFF})" if cut_off else "")
+            out.error = f"unusable reply: {exc}" + (f" ({self._cut_off()})" if cut_off else "")
             return
         out.status, out.label = (TRUNCATED if cut_off else OK), parsed.label
         out.description, out.type = parsed.description, parsed.type
-        out.error = f"label may be incomplete: {CUT_OFF} ({self.settings.max_tokens})" if cut_off else None
+        out.error = f"label may be incomplete: {self._cut_off()}" if cut_off else None
+
+    def _cut_off(self) -> str:
+        return f"cut off at --max-tokens {self.settings.max_tokens} (finish_reason length)"
 
     def _usable(self, reply: Reply) -> bool:
         """Whether a reply is worth keeping in the cache: a label, or the filter's refusal (which the
