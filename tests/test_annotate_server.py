@@ -355,6 +355,12 @@ def test_a_reply_cut_off_by_the_completion_limit_is_flagged_not_clean(fake, tmp_
     for r in rows(store, n):
         assert r["label_status"] == "truncated" and r["label"] and "cut off" in r["label_error"]
         assert len(r["label"]) <= 3 * 3.6
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"  # every concept has a label
+    # clean labels of the same annotator are not replaced by cut-off ones (here from the cache: no calls)
+    clean = annotate_run(store, LAYER, n, config(fake))
+    assert clean["labelled"] == n and {r["label_status"] for r in rows(store, n)} == {"ok"}
+    again = annotate_run(store, LAYER, n, config(fake, max_tokens=3))
+    assert again["truncated"] == n and again["calls"] == 0 and {r["label_status"] for r in rows(store, n)} == {"ok"}
     # the same cut in a JSON reply leaves no parseable label: failed, and the reason says why
     truncated_json = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", max_tokens=5)))
     assert truncated_json["failed"] == n

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from ..errors import UserError
 from ..store import RunStore
-from .labeller import FAILED, Outcome
+from .labeller import FAILED, OK, TRUNCATED, Outcome
 
 #: One labels file's columns, keyed by ``concept``. Joined onto a concept table, every column but
 #: ``concept`` and ``label`` gets the prefix ``label_`` (``status`` -> ``label_status``).
@@ -58,6 +58,7 @@ LABELLED_SETTINGS_KEY = b"cluster_service.concepts_settings_key"
 #: Schema metadata of a concept table (written by the cluster stage): the settings it was made with.
 CONCEPT_SETTINGS_KEY = b"cluster_service.settings_key"
 _UNSAFE = re.compile(r"[/:]")
+_RANK = {OK: 2, TRUNCATED: 1, FAILED: 0}
 
 
 def concept_settings_key(table: pa.Table) -> str | None:
@@ -170,12 +171,15 @@ def labels_table(outcomes: Sequence[Outcome], backend: str, is_baseline: bool) -
 
 
 def keep_previous(fresh: pa.Table, previous: pa.Table | None) -> pa.Table:
-    """``fresh``, except that a concept which failed now keeps the label ``previous`` had for it: a failed
-    run never replaces good labels."""
+    """``fresh``, except where ``previous`` (the same annotator's last labels) was better for a concept:
+    a failed or cut-off label never replaces a clean one, and a failure never replaces a cut-off label."""
     if previous is None:
         return fresh
-    before = {r["concept"]: r for r in previous.to_pylist() if r["status"] != FAILED}
-    rows = [before.get(r["concept"], r) if r["status"] == FAILED else r for r in fresh.to_pylist()]
+    before = {r["concept"]: r for r in previous.to_pylist()}
+    rows = []
+    for row in fresh.to_pylist():
+        old = before.get(row["concept"])
+        rows.append(old if old is not None and _RANK[old["status"]] > _RANK[row["status"]] else row)
     return pa.Table.from_pylist(rows, schema=LABELS_SCHEMA)
 
 
