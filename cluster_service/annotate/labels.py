@@ -59,6 +59,8 @@ LABELLED_SETTINGS_KEY = b"cluster_service.concepts_settings_key"
 CONCEPT_SETTINGS_KEY = b"cluster_service.settings_key"
 _UNSAFE = re.compile(r"[/:]")
 _RANK = {OK: 2, TRUNCATED: 1, FAILED: 0}
+#: What identifies the clustering a labels file labelled: the concept table's settings key and concept ids.
+Clustering = tuple[str | None, list[int]]
 
 
 def concept_settings_key(table: pa.Table) -> str | None:
@@ -111,24 +113,23 @@ def default_annotator(store: RunStore, layer: int, k: int) -> str | None:
 
 
 def set_default(store: RunStore, layer: int, k: int, annotator: str,
-                against: tuple[str | None, list[int]] | None = None) -> None:
+                against: Clustering | None = None) -> None:
     """Make ``annotator`` the default labels of ``layer``/``k``; an unknown name or stale labels are a
     one-line error. ``against`` is what the labels must match (read from the concept table if None)."""
     known = annotators(store, layer, k)
     if annotator not in known:
         raise UserError(f"{store.where(folder(layer, k))}: no labels by annotator '{annotator}' "
                         f"(there are: {', '.join(known) or 'none; run `cluster-service annotate` first'})")
-    labels_of(store, layer, k, annotator, against or concept_table_key(store, layer, k))
+    labels_of(store, layer, k, annotator, against or clustering_of(store.read_concepts(layer, k)))
     store.write_bytes(f"{folder(layer, k)}/{DEFAULT}", json.dumps({"annotator": annotator}).encode())
 
 
-def concept_table_key(store: RunStore, layer: int, k: int) -> tuple[str | None, list[int]]:
-    """What a labels file must match: the concept table's settings key and its concept ids."""
-    table = store.read_concepts(layer, k)
+def clustering_of(table: pa.Table) -> Clustering:
+    """What a labels file of this concept table must match."""
     return concept_settings_key(table), table.column("concept").to_pylist()
 
 
-def _fresh(labels: pa.Table, against: tuple[str | None, list[int]]) -> bool:
+def _fresh(labels: pa.Table, against: Clustering) -> bool:
     value = (labels.schema.metadata or {}).get(LABELLED_SETTINGS_KEY)
     recorded = value.decode() if value is not None else None
     settings_key, ids = against
@@ -136,7 +137,7 @@ def _fresh(labels: pa.Table, against: tuple[str | None, list[int]]) -> bool:
 
 
 def labels_of(store: RunStore, layer: int, k: int, annotator: str,
-              against: tuple[str | None, list[int]]) -> pa.Table:
+              against: Clustering) -> pa.Table:
     """One annotator's labels file, refused in one line when it labelled another clustering."""
     key = labels_key(layer, k, annotator)
     if not store.has(key):
@@ -151,7 +152,7 @@ def labels_of(store: RunStore, layer: int, k: int, annotator: str,
 
 
 def previous_labels(store: RunStore, layer: int, k: int, annotator: str,
-                    against: tuple[str | None, list[int]]) -> pa.Table | None:
+                    against: Clustering) -> pa.Table | None:
     """This annotator's current labels, to keep where a rerun fails (None if absent or stale)."""
     key = labels_key(layer, k, annotator)
     if not store.has(key):
@@ -221,8 +222,7 @@ def concepts_with_labels(store: RunStore, layer: int, k: int, annotator: str | N
                             f"--k {k} --set-default NAME`")
         raise UserError(f"{where}: no labels; run `cluster-service annotate {store.where()} --layer {layer} "
                         f"--k {k}` first")
-    against = (concept_settings_key(concepts), concepts.column("concept").to_pylist())
-    return _joined(concepts, labels_of(store, layer, k, name, against))
+    return _joined(concepts, labels_of(store, layer, k, name, clustering_of(concepts)))
 
 
 def label_sets(store: RunStore) -> dict[str, dict[str, object]]:

@@ -98,15 +98,14 @@ def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> di
     if cfg.dry_run:
         return labeller.estimate(rows)
     start = time.monotonic()
-    store.set_stage(stage_name(layer, k), "running", backend=labeller.backend, model=cfg.model,
+    store.set_stage(stage_name(layer, k), "running", backend=labeller.backend, annotator=labeller.annotator,
                     prompt=labeller.prompt)
     run = labeller.label(rows)
-    settings_key = labels.concept_settings_key(table)
-    against = (settings_key, table.column("concept").to_pylist())
+    against = labels.clustering_of(table)
     previous = labels.previous_labels(store, layer, k, labeller.annotator, against)
     fresh = labels.labels_table(run.outcomes, labeller.backend, labeller.is_baseline)
     merged = labels.keep_previous(fresh, previous)
-    key = labels.write_labels(store, layer, k, labeller.annotator, merged, settings_key)
+    key = labels.write_labels(store, layer, k, labeller.annotator, merged, labels.concept_settings_key(table))
     if FAILED not in merged.column("status").to_pylist():
         labels.set_default(store, layer, k, labeller.annotator, against)
     store.record_config("annotate", dataclasses.asdict(cfg))
