@@ -1,4 +1,4 @@
-"""A fake OpenAI chat-completions server, for the annotate tests and benchmark only (not a labeller).
+"""A fake OpenAI chat-completions server for tests, benchmarks and trying --backend openai offline (not a labeller).
 
 It speaks enough of the protocol for the ``openai`` client to accept its replies and can be told to
 misbehave the ways real endpoints do: 429 with Retry-After / retry-after-ms and ``x-ratelimit-*``
@@ -257,7 +257,7 @@ async def _serve(port: int, api_key: str, settings: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one, printed)")
     parser.add_argument("--key-env", default="FAKE_OPENAI_KEY", help="env var holding the accepted key")
     parser.add_argument("--settings", default="{}", help="JSON object overriding DEFAULTS")
     args = parser.parse_args(argv)
