@@ -28,10 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_io import merge_rows  # noqa: E402
 
 from cluster_service.annotate.config import AnnotateConfig  # noqa: E402
-from cluster_service.annotate.fixtures import concept_table, lognormal_sizes
-from cluster_service.annotate.stage import annotate_run
-from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
+from cluster_service.annotate.labels import concepts_with_labels
+from cluster_service.annotate.stage import AnnotationFailed, annotate_run
 from cluster_service.store import RunStore
+from cluster_service.testing.concepts import lognormal_sizes, synthetic_concept_table
+from cluster_service.testing.openai_server import ServerProcess
+from cluster_service.testing.windows import max_in_window, max_sum_in_window
 
 MACHINE = "2-core CPU box"
 RESULTS = Path(__file__).resolve().parent / "results" / "annotate.json"
@@ -42,15 +44,25 @@ LAYER = 0
 
 def make_store(n: int) -> RunStore:
     store = RunStore(Path(tempfile.mkdtemp(prefix="bench_annotate_")))
-    store.write_concepts(LAYER, n, concept_table(lognormal_sizes(n, seed=0), seed=0))
+    store.write_concepts(LAYER, n, synthetic_concept_table(lognormal_sizes(n, seed=0), seed=0))
     return store
 
 
-def lost(store: RunStore, n: int) -> int:
-    rows = store.read_concepts(LAYER, n).select(["concept", "label", "label_status", "label_error"]).to_pylist()
-    fine = {r["concept"] for r in rows if (r["label_status"] == "ok" and r["label"])
+def lost(store: RunStore, n: int, annotator: str) -> int:
+    """Concepts with neither a label nor a failure reason (none may be)."""
+    rows = concepts_with_labels(store, LAYER, n, annotator).select(["concept", "label", "label_status",
+                                                                     "label_error"]).to_pylist()
+    fine = {r["concept"] for r in rows if (r["label_status"] in ("ok", "truncated") and r["label"])
             or (r["label_status"] == "failed" and r["label_error"])}
     return n - len(fine)
+
+
+def annotate(store: RunStore, n: int, cfg: AnnotateConfig) -> dict:
+    """The run's summary, also when some concepts failed (they count in the row, not as a crash)."""
+    try:
+        return annotate_run(store, LAYER, n, cfg)
+    except AnnotationFailed as exc:
+        return exc.summary
 
 
 def llm_scenario(name: str, n: int, rpm: float, tpm: float, concurrency: int) -> dict:
@@ -62,9 +74,9 @@ def llm_scenario(name: str, n: int, rpm: float, tpm: float, concurrency: int) ->
         cfg = AnnotateConfig(backend="openai", base_url=srv.url, model="test-model", api_key_env=KEY_ENV,
                              rpm=rpm, tpm=tpm, rate_window_s=WINDOW, concurrency=concurrency,
                              timeout_s=30.0, progress=sys.stderr.isatty())
-        summary = annotate_run(store, LAYER, n, cfg)
+        summary = annotate(store, n, cfg)
         log = srv.log()
-        rerun = annotate_run(store, LAYER, n, cfg)
+        rerun = annotate(store, n, cfg)
         rerun_requests = len(srv.log()) - len(log)
     times = [e["t"] for e in log]
     tokens = [(e["t"], e["prompt_tokens"] + e["completion_tokens"]) for e in log]
@@ -82,7 +94,7 @@ def llm_scenario(name: str, n: int, rpm: float, tpm: float, concurrency: int) ->
         "p50_s": summary["call_p50_s"], "p99_s": summary["call_p99_s"],
         "retries": summary["retries"], "requests": len(log),
         "injected_429": sum(e["fault"] == "429" for e in log), "injected_500": sum(e["fault"] == "500" for e in log),
-        "repeated_calls": sum(c - 1 for c in served.values()), "lost": lost(store, n),
+        "repeated_calls": sum(c - 1 for c in served.values()), "lost": lost(store, n, summary["annotator"]),
         "labelled": summary["labelled"], "failed": summary["failed"],
         "rerun_calls": rerun_requests, "rerun_cached": rerun["cached"], "concurrency": concurrency,
         "clock": "real time, 60 s windows",
@@ -95,11 +107,11 @@ def llm_scenario(name: str, n: int, rpm: float, tpm: float, concurrency: int) ->
 def baseline_row(n: int) -> dict:
     store = make_store(n)
     start = time.monotonic()
-    summary = annotate_run(store, LAYER, n, AnnotateConfig(backend="baseline", progress=False))
+    summary = annotate(store, n, AnnotateConfig(backend="baseline", progress=False))
     seconds = time.monotonic() - start
     return {"machine": MACHINE, "backend": "baseline", "scenario": "offline", "concepts": n,
             "seconds": round(seconds, 2), "s_per_concept": round(seconds / n, 5), "labelled": summary["labelled"],
-            "lost": lost(store, n), "note": "spaCy model load included; not an LLM"}
+            "lost": lost(store, n, summary["annotator"]), "note": "spaCy model load included; not an LLM"}
 
 
 def merge(rows: list[dict]) -> None:
@@ -122,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", default="rpm_bound,tpm_bound,baseline")
     parser.add_argument("--concepts", type=int, default=1000)
-    parser.add_argument("--tpm", type=float, default=100_000, help="tokens/min limit of tpm_bound")
+    parser.add_argument("--tpm", type=float, default=100_000, help="LLM tokens/min limit of tpm_bound")
     args = parser.parse_args()
     rows = []
     for name in args.scenarios.split(","):

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from .errors import UserError
+from .errors import StageFailed, UserError
 
 #: Verb modules under cluster_service.commands, in the order --help lists them.
 VERBS = ("ingest", "extract", "cluster", "annotate", "run", "info", "submit", "status", "logs")
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StageFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         logging.getLogger("cluster_service").warning("interrupted; rerun the same command to resume")
         return 130

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
 
+from cluster_service.annotate.labels import concepts_with_labels
 from cluster_service.cli import main as cli
 from cluster_service.store import RunStore
 
@@ -30,15 +30,17 @@ def test_run_on_demo_defaults_then_resume_is_noop(tmp_path, capsys, ray_local):
         assert stages[f"cluster:layer_{layer}"]["status"] == "done"
         for k in (8, 3):
             assert stages[f"annotate:layer_{layer}_k{k}"]["status"] == "done"
-            table = pq.read_table(store.concepts_path(layer, k)).to_pylist()
+            table = concepts_with_labels(store, layer, k).to_pylist()
             assert len(table) == k
             assert sum(r["size"] for r in table) == manifest["tokens"]  # every token in one concept
             assert all(r["label_status"] == "ok" and r["label"] and r["label_is_baseline"] for r in table)
-    # a rerun finds everything done: no shard recomputed, tables unchanged
-    before = {p.name: p.read_bytes() for p in (tmp_path / "demo" / "concepts").iterdir()}
+    # a rerun finds everything done: no shard recomputed, tables and labels unchanged
+    outputs = [tmp_path / "demo" / "concepts", *(tmp_path / "demo" / "labels").iterdir()]
+    before = {p: p.read_bytes() for folder in outputs for p in folder.iterdir()}
+    assert len(before) == 4 + 4 * 2  # four concept tables, each with baseline.parquet and default.json
     assert cli(argv) == 0
     capsys.readouterr()
-    assert {p.name: p.read_bytes() for p in (tmp_path / "demo" / "concepts").iterdir()} == before
+    assert {p: p.read_bytes() for folder in outputs for p in folder.iterdir()} == before
     assert cli(["info", run, "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["shards_done"] == "1/1" and len(info["concept_tables"]) == 4

@@ -16,14 +16,18 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cluster_service.annotate.budget import estimate_tokens
+from cluster_service.annotate import labels
+from cluster_service.annotate.budget import estimate_llm_tokens
 from cluster_service.annotate.config import AnnotateConfig
-from cluster_service.annotate.fixtures import concept_table
-from cluster_service.annotate.stage import annotate_run, build_tasks
-from cluster_service.annotate.testing_server import ServerProcess, max_in_window, max_sum_in_window
+from cluster_service.annotate.labels import annotator_name, concepts_with_labels
+from cluster_service.annotate.llm import build_tasks
+from cluster_service.annotate.stage import annotate_run
 from cluster_service.cluster.concepts import CONCEPT_SCHEMA
-from cluster_service.errors import UserError
-from cluster_service.store import RunStore
+from cluster_service.errors import StageFailed, UserError
+from cluster_service.store import ANNOTATIONS, RunStore
+from cluster_service.testing.concepts import synthetic_concept_table
+from cluster_service.testing.openai_server import ServerProcess
+from cluster_service.testing.windows import max_in_window, max_sum_in_window
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +52,7 @@ def fake(server, monkeypatch):
 def make_store(root: Path, n: int, seed: int = 0) -> RunStore:
     store = RunStore(root)
     sizes = [3 + (7 * i) % 40 for i in range(n)]
-    store.write_concepts(LAYER, n, concept_table(sizes, seed=seed))
+    store.write_concepts(LAYER, n, synthetic_concept_table(sizes, seed=seed))
     return store
 
 
@@ -58,8 +62,16 @@ def config(srv: ServerProcess, **kw) -> AnnotateConfig:
     return AnnotateConfig(**{**base, **kw})
 
 
-def rows(store: RunStore, k: int) -> list[dict]:
-    return store.read_concepts(LAYER, k).to_pylist()
+def rows(store: RunStore, k: int, prompt: str = "paper") -> list[dict]:
+    """The concept table with this test's annotator's labels (the default may be another one)."""
+    return concepts_with_labels(store, LAYER, k, annotator_name("openai", "test-model", prompt)).to_pylist()
+
+
+def failing(run) -> dict:
+    """The summary of an annotate run that must end with failed concepts (StageFailed)."""
+    with pytest.raises(StageFailed) as failed:
+        run()
+    return failed.value.summary
 
 
 def successes(log: list[dict]) -> Counter:
@@ -67,7 +79,7 @@ def successes(log: list[dict]) -> Counter:
 
 
 def cli(store: RunStore, k: int, srv: ServerProcess, *extra: str, key: str = KEY, **popen) -> list[str]:
-    return [sys.executable, "-m", "cluster_service.cli", "annotate", str(store.root), "--layer", str(LAYER),
+    return [sys.executable, "-m", "cluster_service.cli", "annotate", store.where(), "--layer", str(LAYER),
             "--k", str(k), "--backend", "openai", "--base-url", srv.url, "--model", "test-model",
             "--api-key-env", KEY_ENV, "--backoff-base-s", "0.05", *extra]
 
@@ -95,7 +107,7 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
     assert summary["calls"] == len(log) and summary["retries"] == len(log) - 30
     assert max(successes(log).values()) == 1
     served = [e for e in log if e.get("success")]
-    assert summary["tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in served)
+    assert summary["llm_tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in served)
 
     again = annotate_run(store, LAYER, 30, config(fake))
     assert again["calls"] == 0 and again["cached"] == 30 and len(fake.log()) == len(log)
@@ -105,8 +117,8 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
 def test_json_prompt_is_validated_and_raw_reply_kept(fake, tmp_path):
     fake.control(script=["not_json_content"])
     store = make_store(tmp_path / "run", 8)
-    summary = annotate_run(store, LAYER, 8, config(fake, prompt="json"))
-    table = rows(store, 8)
+    summary = failing(lambda: annotate_run(store, LAYER, 8, config(fake, prompt="json")))
+    table = rows(store, 8, "json")
     failed = [r for r in table if r["label_status"] == "failed"]
     assert summary["failed"] == 1 and len(failed) == 1
     assert "not JSON" in failed[0]["label_error"] and failed[0]["label_raw"].startswith("Sure! Here is")
@@ -121,8 +133,11 @@ def test_json_prompt_is_validated_and_raw_reply_kept(fake, tmp_path):
 def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_count, refused_twice):
     fake.control(filter_words=["London"], filter_style=style, filter_min_count=min_count)
     store = RunStore(tmp_path / "run")
-    store.write_concepts(LAYER, 3, concept_table([30, 30, 30], themes=["cities", "animals", "cities"]))
-    annotate_run(store, LAYER, 3, config(fake))
+    store.write_concepts(LAYER, 3, synthetic_concept_table([30, 30, 30], themes=["cities", "animals", "cities"]))
+    if refused_twice:
+        failing(lambda: annotate_run(store, LAYER, 3, config(fake)))
+    else:
+        annotate_run(store, LAYER, 3, config(fake))
     table = rows(store, 3)
     animals = table[1]
     assert animals["label_status"] == "ok" and animals["label_prompt"] == "paper"
@@ -137,7 +152,7 @@ def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_cou
 
 
 def test_identical_prompts_share_one_call(fake, tmp_path):
-    rows_in = concept_table([6, 6, 6, 9], seed=2).to_pylist()
+    rows_in = synthetic_concept_table([6, 6, 6, 9], seed=2).to_pylist()
     for r in rows_in[1:3]:
         r["words"], r["examples"] = rows_in[0]["words"], rows_in[0]["examples"]
     store = RunStore(tmp_path / "run")
@@ -260,15 +275,112 @@ def test_key_in_no_log_line_or_file(fake, tmp_path):
 
 def test_dry_run_calls_nothing_and_writes_nothing(fake, tmp_path):
     store = make_store(tmp_path / "run", 12)
-    before = store.concepts_path(LAYER, 12).read_bytes()
+    before = store.read_bytes(store.concepts_key(LAYER, 12))
     proc = subprocess.run(cli(store, 12, fake, "--dry-run"), env=env(), capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "12 calls to make" in proc.stdout and "estimated cost" in proc.stdout
     cfg = config(fake, dry_run=True, input_price_per_mtok=1.0, output_price_per_mtok=2.0, max_tokens=50)
     est = annotate_run(store, LAYER, 12, cfg)
-    prompt = sum(estimate_tokens(t.request["messages"]) for t in build_tasks(cfg, rows(store, 12)))
-    assert est["calls"] == 12 and est["est_prompt_tokens"] == prompt and est["est_tokens"] == prompt + 600
+    concept_rows = store.read_concepts(LAYER, 12).to_pylist()
+    prompt = sum(estimate_llm_tokens(t.request["messages"]) for t in build_tasks(cfg, concept_rows))
+    assert est["calls"] == 12 and est["est_prompt_tokens"] == prompt and est["est_llm_tokens"] == prompt + 600
     assert est["est_cost_usd"] == pytest.approx((prompt * 1.0 + 600 * 2.0) / 1e6)
-    assert fake.log() == [] and not store.annotations_db.exists()
-    assert store.concepts_path(LAYER, 12).read_bytes() == before
+    assert fake.log() == [] and not store.has(ANNOTATIONS)
+    assert store.read_bytes(store.concepts_key(LAYER, 12)) == before and labels.annotators(store, LAYER, 12) == []
+
+
+def test_a_failed_run_replaces_no_good_labels_and_exits_1(fake, tmp_path):
+    """The bug of issue 9: an openai run that failed for every concept replaced the baseline labels with
+    empty ones and exited 0. Now each annotator has its own file, failures keep earlier labels of the same
+    annotator, the default moves only to an annotator that labelled everything, and the exit status is 1."""
+    n = 12
+    store = make_store(tmp_path / "run", n)
+    annotate_run(store, LAYER, n, AnnotateConfig(progress=False))
+    baseline_file = store.read_bytes("labels/layer_3_k12/baseline.parquet")
+    fake.control(rates={"500": 1.0})
+    proc = subprocess.run(cli(store, n, fake, "--max-retries", "0"), env=env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and f"{n} of {n} concepts failed: concept 0: HTTP 500" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "failed 12" in proc.stdout
+    assert store.read_bytes("labels/layer_3_k12/baseline.parquet") == baseline_file
+    assert labels.default_annotator(store, LAYER, n) == "baseline"
+    default = concepts_with_labels(store, LAYER, n).to_pylist()
+    assert all(r["label_is_baseline"] and r["label_status"] == "ok" for r in default)
+    assert {r["label_status"] for r in rows(store, n)} == {"failed"}  # the openai run's own file says so
+    assert store.read_manifest()["stages"][f"annotate:layer_{LAYER}_k{n}"]["status"] == "failed"
+
+    fake.reset()
+    summary = annotate_run(store, LAYER, n, config(fake))
+    assert summary["labelled"] == n and labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
+    assert labels.annotators(store, LAYER, n) == ["baseline", "openai-test-model-paper"]
+    good = rows(store, n)
+    assert concepts_with_labels(store, LAYER, n).to_pylist() == good
+    assert concepts_with_labels(store, LAYER, n, "baseline").column("label_is_baseline").to_pylist() == [True] * n
+
+    # the same annotator with other settings (new requests, none cached), every call failing: its labels stay
+    fake.control(rates={"500": 1.0})
+    again = failing(lambda: annotate_run(store, LAYER, n, config(fake, max_tokens=90, max_retries=0)))
+    assert again["failed"] == n and rows(store, n) == good
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
+
+
+def test_rerun_asks_again_only_for_the_failed_concepts(fake, tmp_path):
+    n = 10
+    fake.control(script=["not_json_content", "not_json_content"])
+    store = make_store(tmp_path / "run", n)
+    first = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", concurrency=1)))
+    assert first["failed"] == 2 and first["calls"] == n
+    failed = {r["concept"] for r in rows(store, n, "json") if r["label_status"] == "failed"}
+    unusable = {e["hash"] for e in fake.log() if e["fault"] == "not_json_content"}
+    assert len(failed) == 2 and len(unusable) == 2
+    assert labels.default_annotator(store, LAYER, n) is None  # nobody labelled every concept yet
+    with pytest.raises(UserError, match="no default annotator"):
+        concepts_with_labels(store, LAYER, n)
+
+    rerun = annotate_run(store, LAYER, n, config(fake, prompt="json"))
+    asked = fake.log()[n:]
+    assert rerun["calls"] == 2 and rerun["cached"] == n - 2 and rerun["labelled"] == n
+    assert {e["hash"] for e in asked} == unusable  # the very requests that failed, nothing else
+    assert all(r["label_status"] == "ok" for r in concepts_with_labels(store, LAYER, n).to_pylist())
+
+
+def test_a_reply_cut_off_by_the_completion_limit_is_flagged_not_clean(fake, tmp_path):
+    n = 6
+    store = make_store(tmp_path / "run", n)
+    summary = annotate_run(store, LAYER, n, config(fake, max_tokens=3))
+    assert fake.log() and all(e["finish_reason"] == "length" for e in fake.log())
+    assert summary["truncated"] == n and summary["labelled"] == 0 and summary["failed"] == 0
+    for r in rows(store, n):
+        assert r["label_status"] == "truncated" and r["label"] and "cut off" in r["label_error"]
+        assert len(r["label"]) <= 3 * 3.6
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"  # every concept has a label
+    # clean labels of the same annotator are not replaced by cut-off ones (here from the cache: no calls)
+    clean = annotate_run(store, LAYER, n, config(fake))
+    assert clean["labelled"] == n and {r["label_status"] for r in rows(store, n)} == {"ok"}
+    again = annotate_run(store, LAYER, n, config(fake, max_tokens=3))
+    assert again["truncated"] == n and again["calls"] == 0 and {r["label_status"] for r in rows(store, n)} == {"ok"}
+    # the same cut in a JSON reply leaves no parseable label: failed, and the reason says why
+    truncated_json = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", max_tokens=5)))
+    assert truncated_json["failed"] == n
+    assert all("not JSON" in r["label_error"] and "cut off" in r["label_error"] for r in rows(store, n, "json"))
+
+
+def test_set_default_picks_among_annotators(fake, tmp_path):
+    n = 4
+    store = make_store(tmp_path / "run", n)
+    annotate_run(store, LAYER, n, config(fake))
+    annotate_run(store, LAYER, n, config(fake, prompt="lexical"))
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-lexical"
+    base = [sys.executable, "-m", "cluster_service.cli", "annotate", store.where(), "--layer", str(LAYER), "--k",
+            str(n), "--set-default"]
+    done = subprocess.run([*base, "openai-test-model-paper"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
+    assert concepts_with_labels(store, LAYER, n).column("label_prompt").to_pylist() == ["paper"] * n
+    unknown = subprocess.run([*base, "gpt-5"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0
+    assert "'gpt-5' (there are: openai-test-model-lexical, openai-test-model-paper)" in unknown.stderr
+    assert fake.log() and len(fake.log()) == 2 * n  # setting the default labels nothing

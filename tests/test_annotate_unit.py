@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from cluster_service.annotate.backends import empty_bucket_pause, parse_duration, redact, retry_after
-from cluster_service.annotate.budget import cut_to_budget, estimate_tokens, proportional_sample, unique_types
+from cluster_service.annotate.budget import cut_to_budget, estimate_llm_tokens, proportional_sample, unique_types
 from cluster_service.annotate.prompts import (
     PAPER_SYSTEM,
     ReplyError,
@@ -20,9 +20,9 @@ from cluster_service.annotate.prompts import (
     parse_structured,
 )
 from cluster_service.annotate.ratelimit import RateLimiter
-from cluster_service.annotate.testing_server import max_in_window, max_sum_in_window
 from cluster_service.annotate.usage import Usage, model_price
 from cluster_service.errors import UserError
+from cluster_service.testing.windows import max_in_window, max_sum_in_window
 
 pytestmark = pytest.mark.unit
 
@@ -66,7 +66,7 @@ def test_cut_keeps_type_proportions_is_seeded_and_fits_budget():
     random.Random(0).shuffle(words)
     render = lambda ws: build_messages("paper", ws)  # noqa: E731
     kept = cut_to_budget(words, 1500, "0:7", render)
-    assert estimate_tokens(render(kept)) <= 1500 < estimate_tokens(render(kept + ["the", "a"]))
+    assert estimate_llm_tokens(render(kept)) <= 1500 < estimate_llm_tokens(render(kept + ["the", "a"]))
     counts = Counter(kept)
     n = len(kept)
     for word, full in Counter(words).items():
@@ -83,7 +83,7 @@ def test_unique_types_most_frequent_first_within_budget():
     render = lambda ws: build_messages("paper", ws)  # noqa: E731
     types = unique_types(words, 300, render)
     assert types[:3] == ["a", "b", "c"] and len(set(types)) == len(types)
-    assert estimate_tokens(render(types)) <= 300
+    assert estimate_llm_tokens(render(types)) <= 300
 
 
 def test_header_parsing_and_redaction():

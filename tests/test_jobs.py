@@ -26,6 +26,7 @@ import numpy as np
 import psutil
 import pytest
 
+from cluster_service.annotate.labels import concepts_with_labels
 from cluster_service.commands.submit import _config_for_job, entrypoint
 from cluster_service.errors import UserError
 from cluster_service.jobs.paths import shared_run_path
@@ -158,7 +159,7 @@ def stored_concepts(run: Path) -> dict:
     out = {f"layer_{layer}": np.asarray(store.layer_array(layer)[:]) for layer in store.read_manifest()["layers"]}
     out["tokens"] = store.read_tokens().to_pydict()
     for layer in (0, 6):
-        table = store.read_concepts(layer, 5)
+        table = concepts_with_labels(store, layer, 5)
         out[f"concepts_{layer}"] = table.select([c for c in table.column_names if c != "label_raw"]).to_pydict()
     return out
 
@@ -181,7 +182,7 @@ def test_pipeline_job_succeeds_and_fills_the_store(reference_job):
     assert stages["extract"]["status"] == "done"
     for layer in (0, 6):
         assert stages[f"cluster:layer_{layer}"]["status"] == "done"
-        table = RunStore(run).read_concepts(layer, 5)
+        table = concepts_with_labels(RunStore(run), layer, 5)
         assert table.num_rows == 5
         labels = table.column("label").to_pylist()
         assert all(isinstance(label, str) and label for label in labels), labels
@@ -251,7 +252,7 @@ def test_stage_scripts_with_the_ray_cli(head, reference_job):
                               "--", "python", f"ray_jobs/{script}", str(run), "--config", str(config), *extra],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
-    labels = RunStore(run).read_concepts(6, 3).column("label").to_pylist()
+    labels = concepts_with_labels(RunStore(run), 6, 3).column("label").to_pylist()
     assert len(labels) == 3 and all(labels), labels
 
 

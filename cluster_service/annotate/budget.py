@@ -1,6 +1,6 @@
-"""Token estimates and the cutting of large concepts to a prompt budget.
+"""LLM-token estimates and the cutting of large concepts to a prompt budget.
 
-Estimates are a fixed characters-per-token heuristic, not a tokenizer: the cut must be deterministic
+Estimates are a fixed characters-per-LLM-token heuristic, not a tokenizer: the cut must be deterministic
 (the reply cache is keyed by the exact prompt, so a resumed run must rebuild identical prompts), and
 no tokenizer for an arbitrary endpoint's model is available offline. The rate limiter corrects its
 accounting from the usage each reply reports.
@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 
 from .prompts import Messages
 
-CHARS_PER_TOKEN = 4.0
-TOKENS_PER_MESSAGE = 4
-TOKENS_PER_REPLY_PRIMER = 3
+CHARS_PER_LLM_TOKEN = 4.0
+LLM_TOKENS_PER_MESSAGE = 4
+LLM_TOKENS_PER_REPLY_PRIMER = 3
 
 
-def estimate_tokens(messages: Messages) -> int:
-    """Prompt tokens of a chat request, roughly as OpenAI counts them (content + per-message overhead)."""
+def estimate_llm_tokens(messages: Messages) -> int:
+    """Prompt LLM tokens of a chat request, roughly as OpenAI counts them (content + per-message overhead)."""
     chars = sum(len(m["content"]) + len(m["role"]) for m in messages)
-    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY_PRIMER
+    return math.ceil(chars / CHARS_PER_LLM_TOKEN) + LLM_TOKENS_PER_MESSAGE * len(messages) + LLM_TOKENS_PER_REPLY_PRIMER
 
 
 def proportional_sample(words: Sequence[str], n: int, key: str) -> list[str]:
@@ -59,12 +59,12 @@ def _largest_fitting(n_max: int, fits: Callable[[int], bool]) -> int:
 
 def cut_to_budget(words: Sequence[str], budget: int, key: str,
                   render: Callable[[Sequence[str]], Messages]) -> list[str]:
-    """The concept's words if the prompt fits ``budget`` tokens, else the largest proportional sample that
+    """The concept's words if the prompt fits ``budget`` LLM tokens, else the largest proportional sample that
     does (at least one word)."""
-    if estimate_tokens(render(words)) <= budget or len(words) <= 1:
+    if estimate_llm_tokens(render(words)) <= budget or len(words) <= 1:
         return list(words)
     n = _largest_fitting(len(words) - 1,
-                         lambda m: estimate_tokens(render(proportional_sample(words, m, key))) <= budget)
+                         lambda m: estimate_llm_tokens(render(proportional_sample(words, m, key))) <= budget)
     return proportional_sample(words, n, key)
 
 
@@ -73,7 +73,7 @@ def unique_types(words: Sequence[str], budget: int, render: Callable[[Sequence[s
     retry for prompts the content filter refused."""
     counts = Counter(words)
     types = sorted(counts, key=lambda w: (-counts[w], w))
-    if estimate_tokens(render(types)) <= budget or len(types) <= 1:
+    if estimate_llm_tokens(render(types)) <= budget or len(types) <= 1:
         return types
-    n = _largest_fitting(len(types) - 1, lambda m: estimate_tokens(render(types[:m])) <= budget)
+    n = _largest_fitting(len(types) - 1, lambda m: estimate_llm_tokens(render(types[:m])) <= budget)
     return types[:n]

@@ -27,20 +27,21 @@ class AnnotateConfig:
     context_sentences: int = 3
     """Example sentences per concept in the 'context' prompt."""
     max_prompt_tokens: int = 1500
-    """Prompt token budget: larger concepts are cut by seeded sampling that keeps type proportions."""
+    """Prompt budget in LLM tokens: larger concepts are cut by seeded sampling that keeps type proportions."""
     max_tokens: int = 100
-    """Completion token cap per call (also what the tokens/min bucket reserves until usage is known)."""
+    """Completion cap per call in LLM tokens (also what the --tpm bucket reserves until usage is known); a
+    reply cut off there is kept with label status 'truncated'."""
     temperature: float = 0.0
     """Sampling temperature (the paper used 0)."""
     json_mode: bool = True
     """With --prompt json, ask the endpoint for a JSON object (response_format); turn off for servers
     that reject response_format."""
     seed: int = 0
-    """Seed of the sampling that cuts large concepts to the token budget."""
+    """Seed of the sampling that cuts large concepts to the prompt budget."""
     rpm: float = 500.0
     """Requests per rate window (per minute with the default window), counting retries."""
     tpm: float = 200_000.0
-    """Tokens (prompt + completion) per rate window."""
+    """LLM tokens (prompt + completion) per rate window."""
     rate_window_s: float = 60.0
     """Length of the window the rpm/tpm limits apply to, in seconds (tests shrink it)."""
     burst_s: float = 1.0
@@ -63,11 +64,11 @@ class AnnotateConfig:
     """JSON or TOML file mapping model -> {input_per_mtok, output_per_mtok} in USD, merged over the built-in
     table."""
     input_price_per_mtok: float | None = None
-    """USD per million prompt tokens for --model, overriding the price table."""
+    """USD per million prompt LLM tokens for --model, overriding the price table."""
     output_price_per_mtok: float | None = None
-    """USD per million completion tokens for --model, overriding the price table."""
+    """USD per million completion LLM tokens for --model, overriding the price table."""
     dry_run: bool = False
-    """Only print the number of calls, estimated tokens and cost; call nothing, write nothing."""
+    """Only print the number of calls, estimated LLM tokens and cost; call nothing, write nothing."""
     progress: bool = True
     """Show a progress bar on a terminal."""
 

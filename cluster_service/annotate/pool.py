@@ -4,6 +4,10 @@ One coroutine per concept; a semaphore bounds the requests in flight, the ``Rate
 the ``ReplyCache`` answers anything already paid for. The first live call goes alone (a probe), so a
 wrong key or model name costs one request, not ``concurrency`` of them; any fatal answer afterwards
 stops every coroutine before its next send.
+
+Per concept (``_one``): get a reply (``_reply``: the cache, a concept with the same prompt in flight, or
+``_attempt`` with backoff between retries), ``_classify`` it into a label or a reason, and fall back to
+each type once (``_variants``) when the content filter refuses the request.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,13 +26,15 @@ from tqdm import tqdm
 
 from ..logs import log_event
 from .backends import FATAL, PERMANENT, REFUSED, CallError, OpenAIBackend
-from .budget import estimate_tokens
+from .budget import estimate_llm_tokens
 from .cache import Reply, ReplyCache, request_key
+from .labeller import FAILED, OK, TRUNCATED, Outcome
 from .prompts import ReplyError, parse_reply
 from .ratelimit import RateLimiter
 from .usage import Usage
 
 log = logging.getLogger("cluster_service.annotate")
+
 
 
 @dataclass
@@ -38,24 +44,6 @@ class Task:
     concept: int
     request: dict[str, Any]
     fallback: Callable[[], dict[str, Any]]
-
-
-@dataclass
-class Outcome:
-    concept: int
-    status: str  # "ok" / "failed"
-    label: str | None = None
-    description: str | None = None
-    type: str | None = None
-    raw: str | None = None
-    error: str | None = None
-    prompt_variant: str = ""
-    model: str | None = None
-    calls: int = 0
-    cached: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
 
 
 @dataclass
@@ -70,8 +58,12 @@ class PoolSettings:
     seed: int = 0
 
 
-class FatalStop(Exception):
-    """The endpoint said no for every request (401/403, unknown model, no quota)."""
+class Refused(Exception):
+    """The content filter refused the request (HTTP 400, or ``finish_reason: content_filter``)."""
+
+
+class Stop(Exception):
+    """This concept fails with the message as its reason (the others go on unless the run stopped)."""
 
 
 @dataclass
@@ -85,7 +77,7 @@ class AnnotationPool:
     fatal: CallError | None = None
 
     def __post_init__(self) -> None:
-        self._ratio = 1.0  # server-counted prompt tokens per estimated token, learned from usage
+        self._ratio = 1.0  # server-counted prompt LLM tokens per estimated one, learned from usage
         self._first_usage = True
         self._rng = random.Random(self.settings.seed)
 
@@ -109,82 +101,112 @@ class AnnotationPool:
         finally:
             bar.close()
 
-    # ---- one concept ---------------------------------------------------------------------------
+    # ---- one concept: the request, then the unique-types fallback if the content filter refuses it --
     async def _one(self, task: Task) -> Outcome:
         start = time.monotonic()
-        request, variant = task.request, self.settings.prompt
-        attempts, calls, last_error = 0, 0, "no attempt"
-        out = Outcome(task.concept, "failed", prompt_variant=variant)
+        out = Outcome(task.concept, FAILED, prompt_variant=self.settings.prompt)
+        for request, variant in self._variants(task):
+            out.prompt_variant = variant
+            try:
+                self._classify(await self._reply(request, out), out)
+                break
+            except Refused as exc:
+                out.error = f"refused by the content filter, also with unique types: {exc}"
+            except Stop as exc:
+                out.error = str(exc)
+                break
+        out.seconds = time.monotonic() - start
+        return out
+
+    def _variants(self, task: Task) -> Iterator[tuple[dict[str, Any], str]]:
+        """The request, then (built only if the first was refused) each type once: the paper's fallback."""
+        yield task.request, self.settings.prompt
+        yield task.fallback(), self.settings.prompt + "+unique_types"
+
+    def _classify(self, reply: Reply, out: Outcome) -> None:
+        """Fill ``out`` from a reply: a label (clean, or cut off at the completion limit) or why not."""
+        if reply.finish_reason == "content_filter":
+            raise Refused("content filter (finish_reason content_filter)")
+        out.raw, out.model = reply.content, reply.response_model or self.backend.model
+        cut_off = reply.finish_reason == "length"
+        try:
+            parsed = parse_reply(self.settings.prompt, reply.content or "")
+        except ReplyError as exc:
+            out.error = f"unusable reply: {exc}" + (f" ({self._cut_off()})" if cut_off else "")
+            return
+        out.status, out.label = (TRUNCATED if cut_off else OK), parsed.label
+        out.description, out.type = parsed.description, parsed.type
+        out.error = f"label may be incomplete: {self._cut_off()}" if cut_off else None
+
+    def _cut_off(self) -> str:
+        return f"cut off at --max-tokens {self.settings.max_tokens} (finish_reason length)"
+
+    def _usable(self, reply: Reply) -> bool:
+        """Whether a reply is worth keeping in the cache: a label, or the filter's refusal (which the
+        fallback follows). An unusable reply is not cached, so that a rerun asks again."""
+        if reply.finish_reason == "content_filter":
+            return True
+        try:
+            parse_reply(self.settings.prompt, reply.content or "")
+        except ReplyError:
+            return False
+        return True
+
+    # ---- one request: from the cache, from a concept with the same prompt, or sent with retries ----
+    async def _reply(self, request: dict[str, Any], out: Outcome) -> Reply:
+        key = request_key(self.backend.name, self.backend.model, request)
+        last_error = "no attempt"
         while True:
             if self.fatal is not None:
-                out.error = f"not labelled: run stopped: {self.fatal.reason}"
-                break
-            key = request_key(self.backend.name, self.backend.model, request)
+                raise Stop(f"not labelled: run stopped: {self.fatal.reason}")
             reply = self.cache.get(key)
-            if reply is None and key in self._inflight:
-                await self._inflight[key].wait()  # then the cache has it, or we try ourselves
-                continue
-            if reply is None:
-                if attempts > self.settings.max_retries:
-                    out.error = f"{last_error} (gave up after {attempts} attempts)"
-                    break
-                attempts += 1
-                calls += 1
-                self._inflight[key] = done = asyncio.Event()
-                try:
-                    reply = await self._send(request)
-                    self.cache.put(key, self.backend.name, self.backend.model, request, reply)
-                except CallError as exc:
-                    if exc.action == FATAL:
-                        if self.fatal is None:
-                            log_event(log, "stopping: the endpoint refuses every request", logging.ERROR,
-                                      reason=exc.reason)
-                        self.fatal = self.fatal or exc
-                        out.error = exc.reason
-                        break
-                    if exc.action == PERMANENT:
-                        out.error = exc.reason
-                        break
-                    if exc.action == REFUSED:
-                        if variant.endswith("+unique_types"):
-                            out.error = f"refused by the content filter, also with unique types: {exc.reason}"
-                            break
-                        request, variant = task.fallback(), variant + "+unique_types"
-                        continue
-                    last_error = exc.reason
-                    if attempts > self.settings.max_retries:
-                        continue
-                    self.usage.retries += 1
-                    delay = self._backoff(attempts, exc.retry_after)
-                    log_event(log, "retry", logging.DEBUG, concept=task.concept, attempt=attempts,
-                              reason=exc.reason, delay_s=delay)
-                    await asyncio.sleep(delay)
-                    continue
-                finally:
-                    del self._inflight[key]
-                    done.set()
-                out.prompt_tokens += reply.prompt_tokens
-                out.completion_tokens += reply.completion_tokens
-            else:
+            if reply is not None:
                 self.usage.cached += 1
                 out.cached = True
-            if reply.finish_reason == "content_filter":
-                if variant.endswith("+unique_types"):
-                    out.error = "refused by the content filter (finish_reason), also with unique types"
-                    break
-                request, variant = task.fallback(), variant + "+unique_types"
+                return reply
+            if key in self._inflight:
+                await self._inflight[key].wait()  # then the cache has it, or we try ourselves
                 continue
-            out.raw, out.model = reply.content, reply.response_model or self.backend.model
+            if out.calls > self.settings.max_retries:
+                raise Stop(f"{last_error} (gave up after {out.calls} attempts)")
             try:
-                parsed = parse_reply(self.settings.prompt, reply.content or "")
-            except ReplyError as exc:
-                out.error = f"unusable reply: {exc}"
-                break
-            out.status, out.label = "ok", parsed.label
-            out.description, out.type = parsed.description, parsed.type
-            break
-        out.prompt_variant, out.calls, out.seconds = variant, calls, time.monotonic() - start
-        return out
+                return await self._attempt(key, request, out)
+            except CallError as exc:
+                self._fail_unless_retryable(exc)
+                last_error = exc.reason
+                if out.calls <= self.settings.max_retries:
+                    self.usage.retries += 1
+                    delay = self._backoff(out.calls, exc.retry_after)
+                    log_event(log, "retry", logging.DEBUG, concept=out.concept, attempt=out.calls,
+                              reason=exc.reason, delay_s=delay)
+                    await asyncio.sleep(delay)
+
+    async def _attempt(self, key: str, request: dict[str, Any], out: Outcome) -> Reply:
+        """Send once (concepts with the same prompt wait for this one); cache what can be used."""
+        out.calls += 1
+        self._inflight[key] = done = asyncio.Event()
+        try:
+            reply = await self._send(request)
+            if self._usable(reply):
+                self.cache.put(key, self.backend.name, self.backend.model, request, reply)
+        finally:
+            del self._inflight[key]
+            done.set()
+        out.prompt_tokens += reply.prompt_tokens
+        out.completion_tokens += reply.completion_tokens
+        return reply
+
+    def _fail_unless_retryable(self, exc: CallError) -> None:
+        """Raise what a failed call means for this concept; return if it is worth retrying."""
+        if exc.action == FATAL:
+            if self.fatal is None:
+                log_event(log, "stopping: the endpoint refuses every request", logging.ERROR, reason=exc.reason)
+                self.fatal = exc
+            raise Stop(exc.reason)
+        if exc.action == PERMANENT:
+            raise Stop(exc.reason)
+        if exc.action == REFUSED:
+            raise Refused(exc.reason)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -201,7 +223,7 @@ class AnnotationPool:
         return await self._call(request)
 
     async def _call(self, request: dict[str, Any]) -> Reply:
-        raw_estimate = estimate_tokens(request["messages"])
+        raw_estimate = estimate_llm_tokens(request["messages"])
         prompt_estimate = math.ceil(raw_estimate * self._ratio)
         async with self._sem:
             grant = await self.limiter.acquire(prompt_estimate + self.settings.max_tokens)

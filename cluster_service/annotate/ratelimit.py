@@ -4,8 +4,8 @@ A token bucket alone lets ``capacity + rate * W`` through in any window of W sec
 limit; a sliding-window log alone sends the whole minute's allowance in one burst, which real
 endpoints (token buckets themselves) answer with 429s. Both together pace smoothly and guarantee
 that no window of ``window_s`` (plus a margin of 0.25 s, at most 10% of the window, for jitter between
-send and arrival) contains more than ``rpm`` requests or ``tpm`` tokens. Token amounts are estimates when sent and are
-corrected with the usage the reply reports (``settle``). ``observe`` honours the server's
+send and arrival) contains more than ``rpm`` requests or ``tpm`` LLM tokens. LLM-token amounts are
+estimates when sent and are corrected with the usage the reply reports (``settle``). ``observe`` honours the server's
 ``x-ratelimit-*`` headers: a pause while its bucket is empty (``remaining = 0``), and its limits where
 they are tighter than ours.
 """
@@ -57,10 +57,10 @@ class TokenBucket:
 
 @dataclass
 class Grant:
-    """One sent request in the ledger; ``tokens`` is the estimate until ``settle`` corrects it."""
+    """One sent request in the ledger; ``llm_tokens`` is the estimate until ``settle`` corrects it."""
 
     t: float
-    tokens: int
+    llm_tokens: int
     live: bool = True
 
 
@@ -69,15 +69,15 @@ class RateLimiter:
                  clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.max_requests = max(1, math.floor(rpm))
-        self.max_tokens = tpm
+        self.max_llm_tokens = tpm
         self.horizon = window_s + min(WINDOW_MARGIN_S, 0.1 * window_s)
         self._burst_share = burst_s / self.horizon
         now = clock()
         r_rate, t_rate = rpm / self.horizon, tpm / self.horizon
         self.requests = TokenBucket(r_rate, max(1.0, r_rate * burst_s), now)
-        self.tokens = TokenBucket(t_rate, max(1.0, t_rate * burst_s), now)
+        self.llm_tokens = TokenBucket(t_rate, max(1.0, t_rate * burst_s), now)
         self.ledger: deque[Grant] = deque()
-        self.ledger_tokens = 0
+        self.ledger_llm_tokens = 0
         self.paused_until = 0.0
         self._lock = asyncio.Lock()
 
@@ -85,18 +85,18 @@ class RateLimiter:
         while self.ledger and self.ledger[0].t <= now - self.horizon:
             grant = self.ledger.popleft()
             grant.live = False
-            self.ledger_tokens -= grant.tokens
+            self.ledger_llm_tokens -= grant.llm_tokens
 
     def _ledger_wait(self, tokens: int, now: float) -> float:
         waits = [0.0]
         over = len(self.ledger) + 1 - self.max_requests
         if over > 0:
             waits.append(self.ledger[over - 1].t + self.horizon - now)
-        excess = self.ledger_tokens + tokens - self.max_tokens
+        excess = self.ledger_llm_tokens + tokens - self.max_llm_tokens
         if excess > 0:
             freed = 0
             for grant in self.ledger:
-                freed += grant.tokens
+                freed += grant.llm_tokens
                 if freed >= excess:
                     waits.append(grant.t + self.horizon - now)
                     break
@@ -105,34 +105,34 @@ class RateLimiter:
     def wait_time(self, tokens: int) -> float:
         now = self.clock()
         self._expire(now)
-        return max(self.paused_until - now, self.requests.wait(1, now), self.tokens.wait(tokens, now),
+        return max(self.paused_until - now, self.requests.wait(1, now), self.llm_tokens.wait(tokens, now),
                    self._ledger_wait(tokens, now))
 
     async def acquire(self, tokens: int) -> Grant:
-        """Wait until one request of ``tokens`` (estimated) may be sent now, and record it as sent.
+        """Wait until one request of ``tokens`` LLM tokens (estimated) may be sent now, and record it as sent.
 
         The caller must send immediately: the ledger's timestamp is the send time it bounds."""
-        tokens = min(tokens, int(self.max_tokens))  # larger requests are refused up front by the stage
+        tokens = min(tokens, int(self.max_llm_tokens))  # larger requests are refused up front by the stage
         async with self._lock:
             while (delay := self.wait_time(tokens)) > 0:
                 await asyncio.sleep(min(delay, 0.25) + 1e-4)
             grant = Grant(self.clock(), tokens)
             self.requests.take(1)
-            self.tokens.take(tokens)
+            self.llm_tokens.take(tokens)
             self.ledger.append(grant)
-            self.ledger_tokens += tokens
+            self.ledger_llm_tokens += tokens
             return grant
 
     def settle(self, grant: Grant, actual_tokens: int) -> None:
         """Replace the estimate with what the server counted (refund or extra debit)."""
-        delta = actual_tokens - grant.tokens
+        delta = actual_tokens - grant.llm_tokens
         if delta > 0:
-            self.tokens.take(delta)
+            self.llm_tokens.take(delta)
         else:
-            self.tokens.give(-delta)
+            self.llm_tokens.give(-delta)
         if grant.live:
-            self.ledger_tokens += delta
-        grant.tokens = actual_tokens
+            self.ledger_llm_tokens += delta
+        grant.llm_tokens = actual_tokens
 
     def pause(self, seconds: float) -> None:
         """Send nothing for ``seconds`` (the server reported an empty bucket)."""
@@ -146,11 +146,11 @@ class RateLimiter:
             self.requests.wait(0, now)  # refill at the old rate up to now
             self.requests.rate = requests / self.horizon
             self.requests.capacity = min(self.requests.capacity, max(1.0, requests * self._burst_share))
-        if tokens is not None and 0 < tokens < self.max_tokens:
-            self.max_tokens = tokens
-            self.tokens.wait(0, now)
-            self.tokens.rate = tokens / self.horizon
-            self.tokens.capacity = min(self.tokens.capacity, max(1.0, tokens * self._burst_share))
+        if tokens is not None and 0 < tokens < self.max_llm_tokens:
+            self.max_llm_tokens = tokens
+            self.llm_tokens.wait(0, now)
+            self.llm_tokens.rate = tokens / self.horizon
+            self.llm_tokens.capacity = min(self.llm_tokens.capacity, max(1.0, tokens * self._burst_share))
 
     def observe(self, limits: ServerLimits | None) -> None:
         """Honour what the server's x-ratelimit-* headers said."""

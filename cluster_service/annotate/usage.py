@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-#: USD per million (prompt, completion) tokens, list prices when written; override with --price-table or
+#: USD per million (prompt, completion) LLM tokens, list prices when written; override with --price-table or
 #: --input-price-per-mtok/--output-price-per-mtok, since prices change and local servers cost nothing.
 BUILTIN_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
@@ -40,7 +40,7 @@ def load_price_table(path: str | None) -> dict[str, tuple[float, float]]:
 
 def model_price(model: str, table_path: str | None, input_override: float | None,
                 output_override: float | None) -> tuple[float, float] | None:
-    """(input, output) USD per million tokens, or None when the model's price is unknown."""
+    """(input, output) USD per million LLM tokens, or None when the model's price is unknown."""
     base = load_price_table(table_path).get(model)
     if input_override is None and output_override is None:
         return base
@@ -53,7 +53,7 @@ class Usage:
     calls: int = 0  # HTTP requests sent, retries included
     cached: int = 0  # replies served from the cache
     retries: int = 0
-    prompt_tokens: int = 0  # as reported by the endpoint for the calls of this run
+    prompt_tokens: int = 0  # LLM tokens, as reported by the endpoint for the calls of this run
     completion_tokens: int = 0
 
     def cost(self, price: tuple[float, float] | None) -> float | None:

@@ -16,6 +16,7 @@ def register(sub) -> None:
 
 
 def summarize(store: RunStore) -> dict:
+    from ..annotate.labels import label_sets
     from ..extract.writer import done_shards
 
     m = store.read_manifest()
@@ -31,6 +32,7 @@ def summarize(store: RunStore) -> dict:
         "size_on_disk_mb": round(store.size() / 2**20, 2),
         "stages": {k: v.get("status") for k, v in m.get("stages", {}).items()},
         "concept_tables": concepts,
+        "labels": label_sets(store),
     }
 
 

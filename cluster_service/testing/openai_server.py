@@ -1,13 +1,15 @@
-"""A fake OpenAI chat-completions server, for the annotate tests and benchmark only (not a labeller).
+"""A fake OpenAI chat-completions server for tests, benchmarks and trying --backend openai offline (not a labeller).
 
 It speaks enough of the protocol for the ``openai`` client to accept its replies and can be told to
 misbehave the ways real endpoints do: 429 with Retry-After / retry-after-ms and ``x-ratelimit-*``
 headers, 500/503, hangs past the client's timeout, malformed bodies, non-JSON content, its own
 sliding-window request and token limits, 401 for a wrong key, 404 for a wrong model, and content-filter
-refusals (HTTP 400 ``content_filter`` or ``finish_reason: "content_filter"``). It logs every request
+refusals (HTTP 400 ``content_filter`` or ``finish_reason: "content_filter"``). Like a real endpoint it
+stops a reply at the request's ``max_tokens`` (by its own count) with ``finish_reason: "length"``, so a
+small ``--max-tokens`` produces cut-off labels on demand. It logs every request
 it receives, so tests can count what reached it rather than trust the client's own accounting.
 
-It runs in its own process (``python -m cluster_service.annotate.testing_server``) so its clock and
+It runs in its own process (``python -m cluster_service.testing.openai_server``) so its clock and
 CPU are not the client's; ``ServerProcess`` starts it and talks to its ``/_control`` and ``/_stats``
 endpoints. The expected key comes from the environment variable named by ``--key-env``.
 """
@@ -133,6 +135,15 @@ class FakeOpenAI:
                                "type": "semantic"})
         return label
 
+    @staticmethod
+    def _cut(content: str, body: dict[str, Any]) -> tuple[str, str]:
+        """The reply and its finish_reason: ``length`` and the reply cut short when it is longer than the
+        request's completion limit."""
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if limit is None or server_tokens(content) <= int(limit):
+            return content, "stop"
+        return content[: max(1, math.floor(int(limit) * 3.6))], "length"
+
     # ---- endpoints ----------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.Response:
         now = time.monotonic()
@@ -197,10 +208,11 @@ class FakeOpenAI:
         elif fault == "not_json_content":
             content, finish = "Sure! Here is a label: maybe animals?", "stop"
         else:
-            content, finish = self._reply_content(body, words), "stop"
+            content, finish = self._cut(self._reply_content(body, words), body)
         c_tokens = server_tokens(content or "") if content else 0
-        entry.update(status=200, completion_tokens=c_tokens, success=finish == "stop")
-        self.successes += finish == "stop"
+        served = finish in ("stop", "length")
+        entry.update(status=200, completion_tokens=c_tokens, success=served, finish_reason=finish)
+        self.successes += served
         payload = {
             "id": f"chatcmpl-{len(self.log)}", "object": "chat.completion", "created": int(time.time()),
             "model": body["model"], "system_fingerprint": "fake",
@@ -245,7 +257,7 @@ async def _serve(port: int, api_key: str, settings: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one, printed)")
     parser.add_argument("--key-env", default="FAKE_OPENAI_KEY", help="env var holding the accepted key")
     parser.add_argument("--settings", default="{}", help="JSON object overriding DEFAULTS")
     args = parser.parse_args(argv)
@@ -258,7 +270,7 @@ class ServerProcess:
     def __init__(self, api_key: str, **settings: Any):
         env = {**os.environ, "FAKE_OPENAI_KEY": api_key}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster_service.annotate.testing_server",
+            [sys.executable, "-m", "cluster_service.testing.openai_server",
              "--settings", json.dumps(settings)],
             stdout=subprocess.PIPE, env=env, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
@@ -294,29 +306,6 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """Most events in any half-open window of ``window`` seconds (what a sliding-window limit sees)."""
-    times = sorted(times)
-    best, j = 0, 0
-    for i, t in enumerate(times):
-        while times[j] <= t - window:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
-
-
-def max_sum_in_window(events: list[tuple[float, int]], window: float) -> int:
-    events = sorted(events)
-    best = total = j = 0
-    for t, v in events:
-        total += v
-        while events[j][0] <= t - window:
-            total -= events[j][1]
-            j += 1
-        best = max(best, total)
-    return best
 
 
 if __name__ == "__main__":

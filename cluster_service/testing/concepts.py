@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from ..cluster.concepts import CONCEPT_SCHEMA
+from ..cluster.concepts import CONCEPT_SCHEMA, SETTINGS_KEY
 
 THEMES: dict[str, list[str]] = {
     "cities": ["London", "Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Lisbon", "Dublin", "Oslo"],
@@ -27,9 +27,12 @@ THEMES: dict[str, list[str]] = {
 TEMPLATE = "They said that {w} was on the list ."
 
 
-def concept_table(sizes: Sequence[int], seed: int = 0, n_examples: int = 5,
-                  themes: Sequence[str] | None = None) -> pa.Table:
-    """One concept per size; concept i takes its words from theme ``themes[i]`` (else cycles through all)."""
+def synthetic_concept_table(sizes: Sequence[int], seed: int = 0, n_examples: int = 5,
+                            themes: Sequence[str] | None = None, settings_key: str | None = None) -> pa.Table:
+    """One concept per size; concept i takes its words from theme ``themes[i]`` (else cycles through all).
+
+    ``settings_key`` is recorded as the cluster stage records its own (schema metadata
+    ``cluster_service.settings_key``), so tests can play a re-cluster with other settings."""
     rng = random.Random(seed)
     names = list(THEMES)
     rows = []
@@ -47,10 +50,14 @@ def concept_table(sizes: Sequence[int], seed: int = 0, n_examples: int = 5,
         rows.append({"concept": i, "size": len(words), "words": words,
                      "top_types": [{"word": w, "count": counts[w]} for w in top], "examples": examples,
                      "centroid": [rng.random() for _ in range(4)]})
-    return pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA)
+    if settings_key is not None:
+        table = table.replace_schema_metadata({SETTINGS_KEY: settings_key})
+    return table
 
 
 def lognormal_sizes(n: int, seed: int = 0, median: float = 40.0, sigma: float = 1.2,
                     cap: int = 20_000) -> list[int]:
+    """Concept sizes as clustering produces them: many small concepts, a few large ones (capped)."""
     rng = random.Random(seed)
     return [max(1, min(cap, round(rng.lognormvariate(0, sigma) * median))) for _ in range(n)]
