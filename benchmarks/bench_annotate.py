@@ -29,7 +29,7 @@ from results_io import merge_rows  # noqa: E402
 
 from cluster_service.annotate.config import AnnotateConfig  # noqa: E402
 from cluster_service.annotate.labels import concepts_with_labels
-from cluster_service.annotate.stage import AnnotationFailed, annotate_run
+from cluster_service.annotate.stage import AnnotationFailed, annotate_table
 from cluster_service.store import RunStore
 from cluster_service.testing.concepts import lognormal_sizes, synthetic_concept_table
 from cluster_service.testing.openai_server import ServerProcess
@@ -60,7 +60,7 @@ def lost(store: RunStore, n: int, annotator: str) -> int:
 def annotate(store: RunStore, n: int, cfg: AnnotateConfig) -> dict:
     """The run's summary, also when some concepts failed (they count in the row, not as a crash)."""
     try:
-        return annotate_run(store, LAYER, n, cfg)
+        return annotate_table(store, LAYER, n, cfg)
     except AnnotationFailed as exc:
         return exc.summary
 

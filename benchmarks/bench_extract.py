@@ -136,7 +136,7 @@ def disk_write(workdir: Path, layers, n_rows: int, hidden: int, cfg, seconds: fl
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
-    shutil.rmtree(store.root)
+    shutil.rmtree(store.where())
     return elapsed, written[0] * len(layers) * hidden * 2
 
 

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .annotate.config import AnnotateConfig
+from .annotate import STAGE as ANNOTATE
 from .cluster import STAGE as CLUSTER
 from .configs import ConfigFile, build
 from .corpus import STAGE as INGEST
@@ -27,16 +27,16 @@ log = logging.getLogger("cluster_service.pipeline")
 DEMO_SENTENCES = 3000
 
 #: every stage, in the order data flows through them
-STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER)
+STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE)
 #: config file sections a job file may hold (a misspelt one is an error, not silently ignored)
-SECTIONS = ("stages", *(s.section for s in STAGES), "annotate")
-DEFAULT_STAGES = ("ingest", "extract", "cluster", "annotate")
+SECTIONS = ("stages", *(s.section for s in STAGES))
+DEFAULT_STAGES = tuple(s.name for s in STAGES)
 
 
 def resolve_stages(names: tuple[str, ...] | list[str], where: str = "--stages") -> tuple[str, ...]:
     """Known names only, in data-flow order; ``extract`` brings ``ingest`` along, so job configs and
     commands written before ingest was a stage of its own keep working."""
-    known = (*(s.name for s in STAGES), "annotate")
+    known = DEFAULT_STAGES
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"{where}: unknown stage {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
@@ -48,7 +48,6 @@ def resolve_stages(names: tuple[str, ...] | list[str], where: str = "--stages") 
 class PipelineConfig:
     configs: dict[str, Any] = field(default_factory=dict)
     """Each stage's config, by stage name."""
-    annotate: AnnotateConfig = field(default_factory=AnnotateConfig)
     stages: tuple[str, ...] = DEFAULT_STAGES
 
     @classmethod
@@ -67,18 +66,16 @@ class PipelineConfig:
             configs[stage.name] = build(stage.config, section, where=file.where(stage.section),
                                         flags=flags.get(stage.section), flag_prefix=f"{stage.section}-"
                                         if stage.section != "extract" else "")
-        annotate = build(AnnotateConfig, file.section("annotate"), where=file.where("annotate"),
-                         flags=flags.get("annotate"), flag_prefix="annotate-")
         names = stages or file.get("stages") or DEFAULT_STAGES
         where = "--stages" if stages else (f"{file.path} stages" if file.path else "stages")
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise UserError(f"{where}: expected a list of stage names, got {names!r}")
-        return cls(configs, annotate, resolve_stages(tuple(names), where))
+        return cls(configs, resolve_stages(tuple(names), where))
 
 
 def run_pipeline(run: str, cfg: PipelineConfig) -> dict[str, Any]:
-    from .annotate.stage import annotate_run
-
+    """Every chosen stage's config is checked first, then the stages run in order; returns each
+    stage's summary by stage name."""
     store = RunStore(run)
     summary: dict[str, Any] = {"run": store.where()}
     chosen = [stage for stage in STAGES if stage.name in cfg.stages]
@@ -86,13 +83,6 @@ def run_pipeline(run: str, cfg: PipelineConfig) -> dict[str, Any]:
         stage.preflight(cfg.configs[stage.name])
     for stage in chosen:
         result = stage.run(store, cfg.configs[stage.name])
-        summary[stage.name] = result["layers"] if stage is CLUSTER else result
-    if "annotate" in cfg.stages:
-        summary["annotate"] = {}
-        cluster = cfg.configs["cluster"]
-        for layer in summary.get("cluster", {}) or cluster.layers or store.read_manifest()["layers"]:
-            for k in cluster.k:
-                result = annotate_run(store, int(layer), k, cfg.annotate)
-                summary["annotate"][f"layer_{layer}_k{k}"] = result
+        summary[stage.name] = result
     log_event(log, "pipeline done", run=store.where(), stages=",".join(cfg.stages))
     return summary

@@ -8,13 +8,19 @@ Layout (keys relative to the root; the same on a local disk and on an object sto
       tokens.parquet                row, sentence_id, position, word, occurrence
       activations.zarr/layer_{L}    float16 [N, D], sharded along rows only, full width
       extract_done/shard_{i}        done-marker of one row shard (written after its data is durable)
-      clusters/layer_{L}/           micro assignments, centroids, linkage, assignments per K
-      concepts/layer_{L}_k{K}.parquet   concept table (schema: CONCEPT_SCHEMA, plus label columns)
+      clusters/layer_{L}/           leaves, linkage, assignments_k{K}.npy, state.json
+      concepts/layer_{L}_k{K}.parquet   concept table (schema: cluster.concepts.CONCEPT_SCHEMA)
+      labels/layer_{L}_k{K}/        one labels file per annotator, default.json (annotate.labels)
       annotations.sqlite            LLM reply cache (a copy uploaded now and then on object stores)
+
+Which stage writes which key is declared with each stage (``cluster_service.stage.Stage``) and drawn
+in ARCHITECTURE.md; the schemas are declared next to the stage that writes them.
 
 RUN is a local path or an fsspec URL (``s3://bucket/prefix``, ``gs://``, ``az://`` ...: see
 ``jobs/paths.py`` for what is accepted). Stages never touch the filesystem themselves: every read and
-write goes through the small methods below, addressed by key, so both kinds of root behave alike.
+write goes through the small methods below, addressed by key, over one fsspec filesystem (the local
+one for a path), so both kinds of root take the same code path. Nothing outside this module builds a
+path; ``local_path`` hands one out only where a tool needs a real file (SQLite).
 
 Only the driver of a stage writes ``run.json``; workers own whole Zarr shards and write nothing else.
 A reader never sees half a file and a killed writer leaves nothing that looks done:
@@ -34,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +62,7 @@ ANNOTATIONS = "annotations.sqlite"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temporary file beside ``path``, fsync, rename: a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -64,18 +70,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_parquet(path: Path, table: pa.Table) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -155,82 +149,46 @@ def _durable_local_store(location: str, read_only: bool):
 
 
 class RunStore:
-    """One run's root, local or remote, and the few I/O operations stages need, addressed by key."""
+    """One run's root, local or remote, and the few I/O operations stages need, addressed by key.
+
+    Both kinds of root go through one fsspec filesystem (``LocalFileSystem`` for a path); the only
+    difference is how a whole file is written: on a local disk to a temporary name, fsynced and
+    renamed, on an object store as one PUT."""
 
     def __init__(self, root: str | Path):
+        from fsspec.core import url_to_fs
+        from fsspec.implementations.local import LocalFileSystem
+
         from .jobs.paths import shared_run_path, url_scheme
 
         # an unknown scheme would otherwise silently become a local folder named 's3:'
         location = shared_run_path(str(root), absolute=False)
-        self.fs = None
-        self._root: Path | None = None
-        if url_scheme(location) is None:
-            self._root = Path(location)
-            self.location = location
-        else:
-            from fsspec.core import url_to_fs
-
-            self.location = location.rstrip("/")
-            self.fs, path = url_to_fs(self.location)
-            self._base = path.rstrip("/")
+        local = url_scheme(location) is None
+        self.location = location if local else location.rstrip("/")
+        self.fs, base = url_to_fs(os.path.abspath(location) if local else self.location)
+        self._base = base.rstrip("/") or "/"
+        self._local = isinstance(self.fs, LocalFileSystem)
 
     def __reduce__(self):
         return (RunStore, (self.location,))
 
-    @property
-    def is_local(self) -> bool:
-        return self.fs is None
-
-    @property
-    def root(self) -> Path:
-        """The local directory; an object-store run has none (use the key methods and ``where``)."""
-        if self._root is None:
-            raise RuntimeError(f"{self.location}: an object-store run store has no local path")
-        return self._root
-
     def where(self, key: str = "") -> str:
         """Where ``key`` lives, as a path or URL: for messages, Zarr and other processes."""
-        if self.is_local:
-            return str(self.root / key) if key else str(self.root)
+        if self._local:
+            return str(Path(self.location) / key) if key else self.location
         return f"{self.location}/{key}" if key else self.location
 
-    def _remote(self, key: str) -> str:
+    def local_path(self, key: str = "") -> Path | None:
+        """The file's path on this machine when the store is a local directory (for tools that need a
+        real file, such as SQLite); None on an object store."""
+        return Path(self.where(key)) if self._local else None
+
+    def _path(self, key: str) -> str:
         return f"{self._base}/{key}" if key else self._base
-
-    # ---- layout (local paths, for tools and tests that look inside a local run) ----------------
-    @property
-    def manifest_path(self) -> Path:
-        return self.root / MANIFEST
-
-    @property
-    def tokens_path(self) -> Path:
-        return self.root / TOKENS
-
-    @property
-    def sentences_path(self) -> Path:
-        return self.root / SENTENCES
-
-    @property
-    def activations_path(self) -> Path:
-        return self.root / ACTIVATIONS
-
-    @property
-    def done_dir(self) -> Path:
-        return self.root / DONE
-
-    @property
-    def annotations_db(self) -> Path:
-        return self.root / ANNOTATIONS
-
-    def clusters_dir(self, layer: int) -> Path:
-        return self.root / self.clusters_key(layer)
-
-    def concepts_path(self, layer: int, k: int) -> Path:
-        return self.root / self.concepts_key(layer, k)
 
     @staticmethod
     def clusters_key(layer: int) -> str:
-        return f"clusters/layer_{layer}"
+        return f"clusters/{layer_name(layer)}"
 
     @staticmethod
     def concepts_key(layer: int, k: int) -> str:
@@ -238,37 +196,30 @@ class RunStore:
 
     @staticmethod
     def layer_name(layer: int) -> str:
-        return f"layer_{layer}"
+        return layer_name(layer)
 
     # ---- bytes, listings, removal ---------------------------------------------------------------
     def has(self, key: str) -> bool:
-        if self.is_local:
-            return (self.root / key).exists()
-        self.fs.invalidate_cache(self._remote(key))  # another process may have written it since
+        self.fs.invalidate_cache(self._path(key))  # another process may have written it since
         with self._reach(key):
-            return self.fs.exists(self._remote(key))
+            return self.fs.exists(self._path(key))
 
     def read_bytes(self, key: str) -> bytes:
-        if self.is_local:
-            return (self.root / key).read_bytes()
         with self._reach(key):
-            return self.fs.cat_file(self._remote(key))
+            return self.fs.cat_file(self._path(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Local: temporary file, fsync, rename. Object store: one PUT (the object appears whole)."""
-        if self.is_local:
-            atomic_write_bytes(self.root / key, data)
-        else:
-            self._put(key, data)
-
-    def _put(self, key: str, data: bytes) -> None:
+        if self._local:
+            atomic_write_bytes(Path(self._path(key)), data)
+            return
         with self._reach(key, writing=True):
-            self.fs.pipe_file(self._remote(key), data)
+            self.fs.pipe_file(self._path(key), data)
 
     @contextlib.contextmanager
     def _reach(self, key: str, writing: bool = False) -> Iterator[None]:
         """Missing credentials, refused access, or (on a write) a missing bucket become one clear line."""
-        errors = _access_errors() + ((FileNotFoundError,) if writing else ())
+        errors = _access_errors() + ((FileNotFoundError,) if writing and not self._local else ())
         try:
             yield
         except errors as exc:
@@ -278,55 +229,42 @@ class RunStore:
 
     def listdir(self, folder: str) -> list[str]:
         """Names directly under ``folder`` (none if it does not exist), temporary files left out."""
-        if self.is_local:
-            path = self.root / folder
-            return sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
-        remote = self._remote(folder)
-        self.fs.invalidate_cache(remote)  # listings are cached per process; workers add markers meanwhile
+        path = self._path(folder)
+        self.fs.invalidate_cache(path)  # listings are cached per process; workers add markers meanwhile
         try:
             with self._reach(folder):
-                return sorted(name.rstrip("/").rsplit("/", 1)[-1] for name in self.fs.ls(remote, detail=False))
-        except FileNotFoundError:
+                names = self.fs.ls(path, detail=False)
+        except (FileNotFoundError, NotADirectoryError):
             return []
+        return sorted(n for n in (name.rstrip("/").rsplit("/", 1)[-1] for name in names) if not n.startswith("."))
 
     def remove(self, key: str) -> None:
         """Delete a file or a whole folder; nothing if it is not there."""
-        if self.is_local:
-            path = self.root / key
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        elif self.has(key):
+        if self.has(key):
             with self._reach(key, writing=True):
-                self.fs.rm(self._remote(key), recursive=True)
+                self.fs.rm(self._path(key), recursive=True)
 
     def create(self) -> None:
         """Make the root (object stores have no folders: the bucket must exist, nothing to do)."""
-        if self.is_local:
-            self.root.mkdir(parents=True, exist_ok=True)
+        if self._local:
+            self.fs.makedirs(self._base, exist_ok=True)
 
     def size(self) -> int:
         """Bytes stored under the root."""
-        if self.is_local:
-            return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         with self._reach(""):
             return int(self.fs.du(self._base, total=True))
 
     # ---- parquet --------------------------------------------------------------------------------
     def read_parquet(self, key: str, columns: list[str] | None = None) -> pa.Table:
-        if self.is_local:
-            return pq.read_table(self.root / key, columns=columns)
-        with self._reach(key), self.fs.open(self._remote(key), "rb") as fh:  # seekable: wanted columns only
+        if self._local:  # Arrow's own file reader: no Python file object in the way of a large table
+            return pq.read_table(self._path(key), columns=columns)
+        with self._reach(key), self.fs.open(self._path(key), "rb") as fh:  # seekable: wanted columns only
             return pq.read_table(fh, columns=columns)
 
     def write_parquet(self, key: str, table: pa.Table) -> None:
-        if self.is_local:
-            atomic_write_parquet(self.root / key, table)
-        else:
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
-            self._put(key, sink.getvalue().to_pybytes())
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(key, sink.getvalue().to_pybytes())
 
     # ---- manifest -----------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -399,10 +337,14 @@ class RunStore:
             raise UserError(f"{self.where(ACTIVATIONS)}: missing; run `cluster-service extract` first")
         return zarr.open_group(self.zarr_store(read_only=mode == "r"), mode=mode)
 
+    def stored_layers(self) -> list[int]:
+        """The layers the activations group holds, ascending."""
+        names = self.open_activations("r").array_keys()
+        return sorted(layer for layer in map(layer_of, names) if layer is not None)
+
     def layer_array(self, layer: int):
         group = self.open_activations("r")
         name = self.layer_name(layer)
         if name not in group:
-            stored = sorted(int(k.split("_")[1]) for k in group.array_keys())
-            raise UserError(f"{self.where(ACTIVATIONS)}: layer {layer} not stored (stored: {stored})")
+            raise UserError(f"{self.where(ACTIVATIONS)}: layer {layer} not stored (stored: {self.stored_layers()})")
         return group[name]

@@ -13,7 +13,7 @@ import pytest
 from cluster_service.annotate import labels
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.labels import JOINED_NAMES, concepts_with_labels
-from cluster_service.annotate.stage import annotate_run
+from cluster_service.annotate.stage import annotate_table
 from cluster_service.cluster.concepts import CONCEPT_SCHEMA
 from cluster_service.errors import UserError
 from cluster_service.store import ANNOTATIONS, RunStore
@@ -38,7 +38,7 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.mark.integration
 def test_baseline_is_deterministic_marked_and_tagged(store):
-    summary = annotate_run(store, LAYER, K, AnnotateConfig())
+    summary = annotate_table(store, LAYER, K, AnnotateConfig())
     first = concepts_with_labels(store, LAYER, K)
     assert summary["is_baseline"] and summary["backend"] == "baseline" and summary["calls"] == 0
     assert summary["labelled"] == K and "not an LLM" in summary["note"]
@@ -59,7 +59,7 @@ def test_baseline_is_deterministic_marked_and_tagged(store):
     assert "(-ing)" in by_theme["ing_verbs"]
     assert rows[3]["label_type"] == "syntactic" and rows[6]["label_type"] == "morphological"
 
-    annotate_run(store, LAYER, K, AnnotateConfig())
+    annotate_table(store, LAYER, K, AnnotateConfig())
     assert concepts_with_labels(store, LAYER, K).equals(first)  # rerun: identical table, same label columns
     stage = store.read_manifest()["stages"][f"annotate:layer_{LAYER}_k{K}"]
     assert stage["status"] == "done" and stage["is_baseline"] is True
@@ -69,7 +69,7 @@ def test_baseline_is_deterministic_marked_and_tagged(store):
 def test_labels_of_an_earlier_clustering_are_refused_in_one_line(tmp_path):
     store = RunStore(tmp_path / "run")
     store.write_concepts(LAYER, K, synthetic_concept_table(SIZES, seed=3, themes=THEMES, settings_key="ward-a"))
-    annotate_run(store, LAYER, K, AnnotateConfig())
+    annotate_table(store, LAYER, K, AnnotateConfig())
     assert concepts_with_labels(store, LAYER, K).column("label_status").to_pylist() == ["ok"] * K
     # a re-cluster with other settings writes a concept table with another key: the labels are stale
     store.write_concepts(LAYER, K, synthetic_concept_table(SIZES, seed=4, themes=THEMES, settings_key="ward-b"))
@@ -78,7 +78,7 @@ def test_labels_of_an_earlier_clustering_are_refused_in_one_line(tmp_path):
     message = str(stale.value)
     assert "\n" not in message and store.where("labels/layer_2_k7/baseline.parquet") in message
     assert "stale" in message and "re-run `cluster-service annotate" in message
-    annotate_run(store, LAYER, K, AnnotateConfig())  # labels again: fresh, stale ones replaced
+    annotate_table(store, LAYER, K, AnnotateConfig())  # labels again: fresh, stale ones replaced
     fresh = concepts_with_labels(store, LAYER, K)
     assert fresh.column("words").to_pylist() == store.read_concepts(LAYER, K).column("words").to_pylist()
     meta = store.read_parquet("labels/layer_2_k7/baseline.parquet").schema.metadata
@@ -94,7 +94,7 @@ def test_a_run_from_before_labels_files_still_reads(store):
     old = old.append_column("label_status", pa.array(["ok"] * K))
     store.write_concepts(LAYER, K, old)
     assert concepts_with_labels(store, LAYER, K).column("label").to_pylist()[0] == "old 0"
-    annotate_run(store, LAYER, K, AnnotateConfig())
+    annotate_table(store, LAYER, K, AnnotateConfig())
     table = concepts_with_labels(store, LAYER, K)
     assert table.schema.names == CONCEPT_SCHEMA.names + list(JOINED_NAMES.values())
     assert table.column("label").to_pylist()[0].startswith("PROPN/GPE: ")
@@ -130,3 +130,18 @@ def test_cli_reports_a_missing_concept_table_in_one_line(tmp_path):
     proc = cli("annotate", str(tmp_path), "--layer", "1", "--k", "5")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no concept table" in proc.stderr
+
+
+@pytest.mark.integration
+def test_the_stage_labels_every_concept_table_or_the_ones_asked_for(store):
+    from cluster_service.annotate.stage import annotate_run
+
+    store.write_concepts(LAYER, 3, synthetic_concept_table([20, 20, 20], seed=1, themes=THEMES[:3]))
+    store.write_concepts(LAYER + 1, K, synthetic_concept_table(SIZES, seed=4, themes=THEMES))
+    only = annotate_run(store, AnnotateConfig(layers=[LAYER + 1]))
+    assert list(only) == [f"layer_{LAYER + 1}_k{K}"] and labels.annotators(store, LAYER, K) == []
+    every = annotate_run(store, AnnotateConfig())
+    assert list(every) == [f"layer_{LAYER}_k3", f"layer_{LAYER}_k{K}", f"layer_{LAYER + 1}_k{K}"]
+    assert all(s["labelled"] == s["concepts"] for s in every.values())
+    with pytest.raises(UserError, match="no concept tables for layers"):
+        annotate_run(store, AnnotateConfig(k=[600]))

@@ -21,7 +21,7 @@ from cluster_service.annotate.budget import estimate_llm_tokens
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.labels import annotator_name, concepts_with_labels
 from cluster_service.annotate.llm import build_tasks
-from cluster_service.annotate.stage import annotate_run
+from cluster_service.annotate.stage import annotate_table
 from cluster_service.cluster.concepts import CONCEPT_SCHEMA
 from cluster_service.errors import StageFailed, UserError
 from cluster_service.store import ANNOTATIONS, RunStore
@@ -92,7 +92,7 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
     fake.control(rates={"429": 0.1, "500": 0.08, "503": 0.05, "malformed": 0.05, "hang": 0.03},
                  script=["429", "hang", "malformed", "500"], retry_after_ms=100, hang_s=3.0, seed=1)
     store = make_store(tmp_path / "run", 30)
-    summary = annotate_run(store, LAYER, 30, config(fake, timeout_s=0.5, max_retries=10))
+    summary = annotate_table(store, LAYER, 30, config(fake, timeout_s=0.5, max_retries=10))
     table = rows(store, 30)
     assert {r["label_status"] for r in table} <= {"ok", "failed"}
     assert all(r["label_error"] for r in table if r["label_status"] == "failed")
@@ -109,7 +109,7 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
     served = [e for e in log if e.get("success")]
     assert summary["llm_tokens"] == sum(e["prompt_tokens"] + e["completion_tokens"] for e in served)
 
-    again = annotate_run(store, LAYER, 30, config(fake))
+    again = annotate_table(store, LAYER, 30, config(fake))
     assert again["calls"] == 0 and again["cached"] == 30 and len(fake.log()) == len(log)
     assert [r["label"] for r in rows(store, 30)] == [r["label"] for r in table]
 
@@ -117,7 +117,7 @@ def test_every_concept_labelled_or_failed_through_faults_and_reruns_are_free(fak
 def test_json_prompt_is_validated_and_raw_reply_kept(fake, tmp_path):
     fake.control(script=["not_json_content"])
     store = make_store(tmp_path / "run", 8)
-    summary = failing(lambda: annotate_run(store, LAYER, 8, config(fake, prompt="json")))
+    summary = failing(lambda: annotate_table(store, LAYER, 8, config(fake, prompt="json")))
     table = rows(store, 8, "json")
     failed = [r for r in table if r["label_status"] == "failed"]
     assert summary["failed"] == 1 and len(failed) == 1
@@ -135,9 +135,9 @@ def test_content_filter_retried_with_unique_types(fake, tmp_path, style, min_cou
     store = RunStore(tmp_path / "run")
     store.write_concepts(LAYER, 3, synthetic_concept_table([30, 30, 30], themes=["cities", "animals", "cities"]))
     if refused_twice:
-        failing(lambda: annotate_run(store, LAYER, 3, config(fake)))
+        failing(lambda: annotate_table(store, LAYER, 3, config(fake)))
     else:
-        annotate_run(store, LAYER, 3, config(fake))
+        annotate_table(store, LAYER, 3, config(fake))
     table = rows(store, 3)
     animals = table[1]
     assert animals["label_status"] == "ok" and animals["label_prompt"] == "paper"
@@ -157,7 +157,7 @@ def test_identical_prompts_share_one_call(fake, tmp_path):
         r["words"], r["examples"] = rows_in[0]["words"], rows_in[0]["examples"]
     store = RunStore(tmp_path / "run")
     store.write_concepts(LAYER, 4, pa.Table.from_pylist(rows_in, schema=CONCEPT_SCHEMA))
-    summary = annotate_run(store, LAYER, 4, config(fake))
+    summary = annotate_table(store, LAYER, 4, config(fake))
     assert summary["labelled"] == 4 and summary["calls"] == 2 and summary["cached"] == 2
     assert len(fake.log()) == 2
 
@@ -166,7 +166,7 @@ def test_server_never_sees_more_than_the_rate_in_any_window(fake, tmp_path):
     window, rpm = 2.0, 12
     fake.control(rpm_limit=rpm, window_s=window, latency_s=[0.01, 0.05])
     store = make_store(tmp_path / "run", 36)
-    summary = annotate_run(store, LAYER, 36, config(fake, rpm=rpm, rate_window_s=window, concurrency=8))
+    summary = annotate_table(store, LAYER, 36, config(fake, rpm=rpm, rate_window_s=window, concurrency=8))
     log = fake.log()
     arrivals = [e["t"] for e in log]
     assert summary["labelled"] == 36
@@ -179,7 +179,7 @@ def test_server_never_sees_more_than_the_token_rate_in_any_window(fake, tmp_path
     window, tpm = 2.0, 1500
     fake.control(tpm_limit=tpm, window_s=window, latency_s=[0.01, 0.05])
     store = make_store(tmp_path / "run", 24)
-    summary = annotate_run(store, LAYER, 24, config(fake, tpm=tpm, rate_window_s=window, max_tokens=30))
+    summary = annotate_table(store, LAYER, 24, config(fake, tpm=tpm, rate_window_s=window, max_tokens=30))
     log = fake.log()
     tokens = [(e["t"], e["prompt_tokens"] + e["completion_tokens"]) for e in log]
     assert summary["labelled"] == 24 and not [e for e in log if e["fault"] == "limit"]
@@ -191,7 +191,7 @@ def test_server_never_sees_more_than_the_token_rate_in_any_window(fake, tmp_path
 def test_server_side_limit_429_with_ratelimit_headers_is_honoured(fake, tmp_path):
     fake.control(rpm_limit=6, window_s=1.0, retry_after_ms=None)
     store = make_store(tmp_path / "run", 24)
-    summary = annotate_run(store, LAYER, 24, config(fake, rpm=1000, rate_window_s=1.0, concurrency=8))
+    summary = annotate_table(store, LAYER, 24, config(fake, rpm=1000, rate_window_s=1.0, concurrency=8))
     refused = [e for e in fake.log() if e["fault"] == "limit"]
     assert summary["labelled"] == 24
     # the first burst (concurrency 8 > the server's 6) is refused in part; then the client adopts the
@@ -212,20 +212,20 @@ def test_bad_key_stops_at_once_with_one_clear_line(fake, tmp_path):
     assert len(log) == 1 and log[0]["status"] == 401  # the probe went alone; nothing followed it
     table = rows(store, 20)
     assert all(r["label_status"] == "failed" and "HTTP 401" in r["label_error"] for r in table)
-    assert RunStore(store.root).read_manifest()["stages"][f"annotate:layer_{LAYER}_k20"]["status"] == "failed"
+    assert RunStore(store.where()).read_manifest()["stages"][f"annotate:layer_{LAYER}_k20"]["status"] == "failed"
 
 
 def test_wrong_model_stops(fake, tmp_path):
     store = make_store(tmp_path / "run", 5)
     with pytest.raises(UserError, match="404 for model 'gpt-nope'"):
-        annotate_run(store, LAYER, 5, config(fake, model="gpt-nope"))
+        annotate_table(store, LAYER, 5, config(fake, model="gpt-nope"))
     assert len(fake.log()) == 1
 
 
 def test_missing_key_is_a_user_error(fake, tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
     with pytest.raises(UserError, match=f"{KEY_ENV} is not set"):
-        annotate_run(make_store(tmp_path / "run", 2), LAYER, 2, config(fake))
+        annotate_table(make_store(tmp_path / "run", 2), LAYER, 2, config(fake))
 
 
 def test_kill_mid_run_then_rerun_repeats_no_successful_call(fake, tmp_path):
@@ -246,7 +246,7 @@ def test_kill_mid_run_then_rerun_repeats_no_successful_call(fake, tmp_path):
     assert proc.poll() is None, "annotate finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
-    with sqlite3.connect(store.annotations_db) as db:
+    with sqlite3.connect(store.local_path(ANNOTATIONS)) as db:
         assert db.execute("SELECT COUNT(*) FROM replies").fetchone()[0] == done_before_kill
 
     fake.control(hang_after=None)
@@ -267,7 +267,7 @@ def test_key_in_no_log_line_or_file(fake, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "annotate finished" in proc.stderr
     assert KEY not in proc.stdout and KEY not in proc.stderr
-    files = [p for p in store.root.rglob("*") if p.is_file()]
+    files = [p for p in store.local_path().rglob("*") if p.is_file()]
     assert any(p.name.startswith("annotations.sqlite") for p in files)
     for path in files:
         assert KEY.encode() not in path.read_bytes(), path
@@ -281,7 +281,7 @@ def test_dry_run_calls_nothing_and_writes_nothing(fake, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "12 calls to make" in proc.stdout and "estimated cost" in proc.stdout
     cfg = config(fake, dry_run=True, input_price_per_mtok=1.0, output_price_per_mtok=2.0, max_tokens=50)
-    est = annotate_run(store, LAYER, 12, cfg)
+    est = annotate_table(store, LAYER, 12, cfg)
     concept_rows = store.read_concepts(LAYER, 12).to_pylist()
     prompt = sum(estimate_llm_tokens(t.request["messages"]) for t in build_tasks(cfg, concept_rows))
     assert est["calls"] == 12 and est["est_prompt_tokens"] == prompt and est["est_llm_tokens"] == prompt + 600
@@ -296,7 +296,7 @@ def test_a_failed_run_replaces_no_good_labels_and_exits_1(fake, tmp_path):
     annotator, the default moves only to an annotator that labelled everything, and the exit status is 1."""
     n = 12
     store = make_store(tmp_path / "run", n)
-    annotate_run(store, LAYER, n, AnnotateConfig(progress=False))
+    annotate_table(store, LAYER, n, AnnotateConfig(progress=False))
     baseline_file = store.read_bytes("labels/layer_3_k12/baseline.parquet")
     fake.control(rates={"500": 1.0})
     proc = subprocess.run(cli(store, n, fake, "--max-retries", "0"), env=env(), capture_output=True, text=True,
@@ -313,7 +313,7 @@ def test_a_failed_run_replaces_no_good_labels_and_exits_1(fake, tmp_path):
     assert store.read_manifest()["stages"][f"annotate:layer_{LAYER}_k{n}"]["status"] == "failed"
 
     fake.reset()
-    summary = annotate_run(store, LAYER, n, config(fake))
+    summary = annotate_table(store, LAYER, n, config(fake))
     assert summary["labelled"] == n and labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
     assert labels.annotators(store, LAYER, n) == ["baseline", "openai-test-model-paper"]
     good = rows(store, n)
@@ -322,7 +322,7 @@ def test_a_failed_run_replaces_no_good_labels_and_exits_1(fake, tmp_path):
 
     # the same annotator with other settings (new requests, none cached), every call failing: its labels stay
     fake.control(rates={"500": 1.0})
-    again = failing(lambda: annotate_run(store, LAYER, n, config(fake, max_tokens=90, max_retries=0)))
+    again = failing(lambda: annotate_table(store, LAYER, n, config(fake, max_tokens=90, max_retries=0)))
     assert again["failed"] == n and rows(store, n) == good
     assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"
 
@@ -331,7 +331,7 @@ def test_rerun_asks_again_only_for_the_failed_concepts(fake, tmp_path):
     n = 10
     fake.control(script=["not_json_content", "not_json_content"])
     store = make_store(tmp_path / "run", n)
-    first = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", concurrency=1)))
+    first = failing(lambda: annotate_table(store, LAYER, n, config(fake, prompt="json", concurrency=1)))
     assert first["failed"] == 2 and first["calls"] == n
     failed = {r["concept"] for r in rows(store, n, "json") if r["label_status"] == "failed"}
     unusable = {e["hash"] for e in fake.log() if e["fault"] == "not_json_content"}
@@ -340,7 +340,7 @@ def test_rerun_asks_again_only_for_the_failed_concepts(fake, tmp_path):
     with pytest.raises(UserError, match="no default annotator"):
         concepts_with_labels(store, LAYER, n)
 
-    rerun = annotate_run(store, LAYER, n, config(fake, prompt="json"))
+    rerun = annotate_table(store, LAYER, n, config(fake, prompt="json"))
     asked = fake.log()[n:]
     assert rerun["calls"] == 2 and rerun["cached"] == n - 2 and rerun["labelled"] == n
     assert {e["hash"] for e in asked} == unusable  # the very requests that failed, nothing else
@@ -350,7 +350,7 @@ def test_rerun_asks_again_only_for_the_failed_concepts(fake, tmp_path):
 def test_a_reply_cut_off_by_the_completion_limit_is_flagged_not_clean(fake, tmp_path):
     n = 6
     store = make_store(tmp_path / "run", n)
-    summary = annotate_run(store, LAYER, n, config(fake, max_tokens=3))
+    summary = annotate_table(store, LAYER, n, config(fake, max_tokens=3))
     assert fake.log() and all(e["finish_reason"] == "length" for e in fake.log())
     assert summary["truncated"] == n and summary["labelled"] == 0 and summary["failed"] == 0
     for r in rows(store, n):
@@ -358,12 +358,12 @@ def test_a_reply_cut_off_by_the_completion_limit_is_flagged_not_clean(fake, tmp_
         assert len(r["label"]) <= 3 * 3.6
     assert labels.default_annotator(store, LAYER, n) == "openai-test-model-paper"  # every concept has a label
     # clean labels of the same annotator are not replaced by cut-off ones (here from the cache: no calls)
-    clean = annotate_run(store, LAYER, n, config(fake))
+    clean = annotate_table(store, LAYER, n, config(fake))
     assert clean["labelled"] == n and {r["label_status"] for r in rows(store, n)} == {"ok"}
-    again = annotate_run(store, LAYER, n, config(fake, max_tokens=3))
+    again = annotate_table(store, LAYER, n, config(fake, max_tokens=3))
     assert again["truncated"] == n and again["calls"] == 0 and {r["label_status"] for r in rows(store, n)} == {"ok"}
     # the same cut in a JSON reply leaves no parseable label: failed, and the reason says why
-    truncated_json = failing(lambda: annotate_run(store, LAYER, n, config(fake, prompt="json", max_tokens=5)))
+    truncated_json = failing(lambda: annotate_table(store, LAYER, n, config(fake, prompt="json", max_tokens=5)))
     assert truncated_json["failed"] == n
     assert all("not JSON" in r["label_error"] and "cut off" in r["label_error"] for r in rows(store, n, "json"))
 
@@ -371,8 +371,8 @@ def test_a_reply_cut_off_by_the_completion_limit_is_flagged_not_clean(fake, tmp_
 def test_set_default_picks_among_annotators(fake, tmp_path):
     n = 4
     store = make_store(tmp_path / "run", n)
-    annotate_run(store, LAYER, n, config(fake))
-    annotate_run(store, LAYER, n, config(fake, prompt="lexical"))
+    annotate_table(store, LAYER, n, config(fake))
+    annotate_table(store, LAYER, n, config(fake, prompt="lexical"))
     assert labels.default_annotator(store, LAYER, n) == "openai-test-model-lexical"
     base = [sys.executable, "-m", "cluster_service.cli", "annotate", store.where(), "--layer", str(LAYER), "--k",
             str(n), "--set-default"]

@@ -58,7 +58,7 @@ def blobs(n: int = 3000, k: int = 6, d: int = 16, seed: int = 0):
 def test_streaming_assignment_equals_in_memory(tmp_path):
     x, _ = blobs(n=1500)
     store = make_store(tmp_path, x, shard=256)
-    src = ZarrSource(str(store.activations_path), "layer_3")
+    src = ZarrSource(str(store.local_path("activations.zarr")), "layer_3")
     cents = np.random.default_rng(1).normal(scale=8.0, size=(40, 16)).astype(np.float32)
     acc = assign_all(src, cents, where="t", progress=False)
     x32 = x.astype(np.float32)
@@ -79,7 +79,7 @@ def test_streaming_assignment_equals_in_memory(tmp_path):
 def test_ray_assignment_equals_one_process(tmp_path, ray_local):
     x, _ = blobs(n=2000)
     store = make_store(tmp_path, x, shard=256)
-    src = ZarrSource(str(store.activations_path), "layer_3")
+    src = ZarrSource(str(store.local_path("activations.zarr")), "layer_3")
     cents = np.random.default_rng(2).normal(scale=8.0, size=(50, 16)).astype(np.float32)
     one = assign_all(src, cents, where="t", progress=False)
     par = assign_all(src, cents, where="t", use_ray=True, progress=False)
@@ -94,7 +94,7 @@ def test_ray_worker_error_is_a_user_error(tmp_path, ray_local):
     x, _ = blobs(n=600)
     x[555, 3] = np.inf
     store = make_store(tmp_path, x, shard=128)
-    src = ZarrSource(str(store.activations_path), "layer_3")
+    src = ZarrSource(str(store.local_path("activations.zarr")), "layer_3")
     with pytest.raises(UserError, match="row 555"):
         assign_all(src, np.zeros((4, 16), np.float32), where="t", use_ray=True, progress=False)
 
@@ -104,9 +104,9 @@ def test_stage_writes_tree_concepts_and_resumes(tmp_path):
     x, truth = blobs(n=3000, k=6)
     store = make_store(tmp_path, x)
     cfg = ClusterConfig(k=[6, 20], micro=300, seed=3)
-    summary = cluster_run(store, cfg)["layers"]["3"]
+    summary = cluster_run(store, cfg)["3"]
     assert summary["micro"] <= 300 and summary["k"] == [6, 20]
-    cdir = store.clusters_dir(3)
+    cdir = store.local_path(store.clusters_key(3))
     labels6 = np.load(cdir / "assignments_k6.npy")
     assert adjusted_rand_score(truth, labels6) == 1.0
     assert np.load(cdir / "linkage.npy").shape == (summary["micro"] - 1, 4)
@@ -134,11 +134,11 @@ def test_stage_writes_tree_concepts_and_resumes(tmp_path):
 
     # rerun: nothing recomputed (files untouched), same tables
     stamps = {p.name: p.stat().st_mtime_ns for p in cdir.iterdir()}
-    concept_stamp = store.concepts_path(3, 6).stat().st_mtime_ns
+    concept_stamp = store.local_path(store.concepts_key(3, 6)).stat().st_mtime_ns
     cluster_run(store, cfg)
     assert {p.name: p.stat().st_mtime_ns for p in cdir.iterdir() if p.name != "state.json"} == \
         {k: v for k, v in stamps.items() if k != "state.json"}
-    assert store.concepts_path(3, 6).stat().st_mtime_ns == concept_stamp
+    assert store.local_path(store.concepts_key(3, 6)).stat().st_mtime_ns == concept_stamp
 
     # a new K reuses the tree; a fresh store with the same input, settings and seed gives identical output
     more = ClusterConfig(k=[6, 20, 50], micro=300, seed=3)
@@ -147,14 +147,14 @@ def test_stage_writes_tree_concepts_and_resumes(tmp_path):
     other = make_store(tmp_path / "again", x)
     cluster_run(other, more)  # the same K list: parent/children link the neighbouring Ks of the run
     for name in ("token_micro.npy", "linkage.npy", "assignments_k6.npy", "assignments_k20.npy"):
-        assert (cdir / name).read_bytes() == (other.clusters_dir(3) / name).read_bytes()
+        assert (cdir / name).read_bytes() == (other.local_path(other.clusters_key(3)) / name).read_bytes()
     assert store.read_concepts(3, 20).equals(other.read_concepts(3, 20))
 
 
 def check_hierarchy(store: RunStore, ks: list[int]) -> None:
     """Parent/children of the concept tables at ``ks`` (ascending) against the assignment files."""
     tables = {k: store.read_concepts(3, k) for k in ks}
-    assign = {k: np.load(store.clusters_dir(3) / f"assignments_k{k}.npy") for k in ks}
+    assign = {k: np.load(store.local_path(store.clusters_key(3)) / f"assignments_k{k}.npy") for k in ks}
     assert tables[ks[0]].column("parent").null_count == ks[0]  # the root level has null parents
     assert tables[ks[-1]].column("children").to_pylist() == [[]] * ks[-1]
     for small, big in zip(ks, ks[1:], strict=False):
@@ -179,7 +179,7 @@ def test_concept_hierarchy_and_settings_key(tmp_path):
     assert concept_settings_key(pa.table({"concept": [0]})) is None  # a table written before keys
 
     # a K added between the two: both neighbours are rewritten with new links and new keys
-    cdir = store.clusters_dir(3)
+    cdir = store.local_path(store.clusters_key(3))
     linkage = (cdir / "linkage.npy").stat().st_mtime_ns
     three = dataclasses.replace(cfg, k=[4, 10, 20])
     cluster_run(store, three)
@@ -214,12 +214,12 @@ def test_exact_method_and_evaluate(tmp_path):
     x, truth = blobs(n=800, k=5, d=8, seed=5)
     store = make_store(tmp_path, x, shard=128)
     cfg = ClusterConfig(k=[5, 40], method="exact", evaluate=600, micro=150)
-    summary = cluster_run(store, cfg)["layers"]["3"]
+    summary = cluster_run(store, cfg)["3"]
     assert summary["micro"] == 800
-    assert adjusted_rand_score(truth, np.load(store.clusters_dir(3) / "assignments_k5.npy")) == 1.0
+    assert adjusted_rand_score(truth, np.load(store.local_path(store.clusters_key(3)) / "assignments_k5.npy")) == 1.0
     quality = {r["k"]: r for r in summary["quality"]}
     assert quality[5]["ari_vs_exact"] == 1.0 and quality[5]["n"] == 600
-    assert json.loads((store.clusters_dir(3) / "quality.json").read_text())[0]["k"] == 5
+    assert json.loads((store.local_path(store.clusters_key(3)) / "quality.json").read_text())[0]["k"] == 5
 
 
 @pytest.mark.integration
@@ -239,7 +239,7 @@ def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="row 200"):
         cluster_run(make_store(tmp_path / "b", bad, shard=64), ClusterConfig(k=[5], micro=50))
     empty = make_store(tmp_path / "c", x[:1], shard=64)
-    zarr.open_group(str(empty.activations_path), mode="a").create_array(
+    zarr.open_group(str(empty.local_path("activations.zarr")), mode="a").create_array(
         "layer_3", shape=(0, 8), chunks=(64, 8), shards=(64, 8), dtype="float16", overwrite=True)
     with pytest.raises(UserError, match="empty layer"):
         cluster_run(empty, ClusterConfig(k=[1]))
@@ -257,5 +257,5 @@ def test_cli(tmp_path, capsys):
     # default rule on a small layer: every token a leaf, kNN-graph Ward below --dense-max
     assert cli_main(["cluster", str(tmp_path), "--k", "6", "--dense-max", "100", "--neighbors", "8"]) == 0
     assert json.loads(capsys.readouterr().out)["3"]["micro"] == 500
-    labels = np.load(store.clusters_dir(3) / "assignments_k6.npy")
+    labels = np.load(store.local_path(store.clusters_key(3)) / "assignments_k6.npy")
     assert adjusted_rand_score(truth, labels) == 1.0

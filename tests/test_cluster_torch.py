@@ -104,7 +104,7 @@ def test_streaming_from_zarr_equals_in_memory(tmp_path):
     store = make_store(tmp_path, x, shard=512)
     x16 = x.astype(np.float16).astype(np.float32)
     cents = train_kmeans_torch(x16, 50, seed=0, iters=3, device=CPU)
-    a = TorchBackend(CPU).assign(ZarrSource(str(store.activations_path), "layer_6"), cents, where="z",
+    a = TorchBackend(CPU).assign(ZarrSource(str(store.local_path("activations.zarr")), "layer_6"), cents, where="z",
                                  progress=False)
     b = TorchBackend(CPU).assign(ArraySource(x16, 512), cents, where="m", progress=False)
     assert np.array_equal(a.token_micro, b.token_micro)
@@ -158,8 +158,8 @@ def valid_tree(z: np.ndarray, n_leaves: int, n_tokens: int) -> bool:
 def _stage(root, x, **kw) -> tuple[dict, dict]:
     store = make_store(root, x)
     cfg = ClusterConfig(layers=[6], k=[8, 30], examples=2, **kw)
-    summary = cluster_run(store, cfg)["layers"]["6"]
-    ldir = store.clusters_dir(6)
+    summary = cluster_run(store, cfg)["6"]
+    ldir = store.local_path(store.clusters_key(6))
     arrays = {name: np.load(ldir / name) for name in ("linkage.npy", "assignments_k8.npy", "assignments_k30.npy")}
     return summary, arrays
 
@@ -191,7 +191,7 @@ def test_stage_resumes_per_backend(tmp_path):
     store = make_store(tmp_path, x)
     cfg = ClusterConfig(layers=[6], k=[6], micro=100, examples=1, device="torch-cpu")
     cluster_run(store, cfg)
-    linkage = store.clusters_dir(6) / "linkage.npy"
+    linkage = store.local_path(store.clusters_key(6)) / "linkage.npy"
     stamp = linkage.stat().st_mtime_ns
     cluster_run(store, cfg)
     assert linkage.stat().st_mtime_ns == stamp
@@ -204,7 +204,7 @@ def test_ray_requested_with_torch_device_assigns_in_process(tmp_path, ray_local,
     """Ray initialised + a torch device: the driver assigns on the device; same bits as without Ray."""
     x, _ = planted(2000, 6, 16, seed=7)
     store = make_store(tmp_path, x)
-    src = ZarrSource(str(store.activations_path), "layer_6")
+    src = ZarrSource(str(store.local_path("activations.zarr")), "layer_6")
     cents = train_kmeans_torch(x, 40, seed=0, iters=3, device=CPU)
     with caplog.at_level("INFO", logger="cluster_service.cluster"):
         a = resolve_backend("torch-cpu", use_ray=True).assign(src, cents, where="r", progress=False)

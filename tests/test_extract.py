@@ -208,11 +208,11 @@ def test_ray_worker_sigkill_mid_run_store_identical(tmp_path, ray_local):
     killed: list[int] = []
     killer = threading.Thread(target=kill_one_worker_after, args=(store, 2, killed), daemon=True)
     killer.start()
-    summary = extract_into(str(store.root), CorpusConfig(path=corpus), ExtractConfig(engine="ray", **common))
+    summary = extract_into(str(store.local_path()), CorpusConfig(path=corpus), ExtractConfig(engine="ray", **common))
     killer.join(timeout=5)
     assert killed, "no Ray worker was killed: the test did not exercise recovery"
     assert summary["shards_computed"] == store.read_manifest()["shards"]
-    assert_same_store(tmp_path / "a", store.root)
+    assert_same_store(tmp_path / "a", store.local_path())
 
 
 @pytest.mark.integration

@@ -191,7 +191,7 @@ def test_pipeline_job_succeeds_and_fills_the_store(reference_job):
 
 def wait_for_shards(run: Path, n: int) -> int:
     """Poll the store until at least ``n`` shards are durable; the count seen."""
-    done_dir = RunStore(run).done_dir
+    done_dir = RunStore(run).local_path("extract_done")
     deadline = time.time() + 180
     while time.time() < deadline:
         done = len(list(done_dir.glob("shard_*"))) if done_dir.is_dir() else 0

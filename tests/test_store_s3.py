@@ -25,7 +25,7 @@ from cluster_service.annotate.cache import Reply
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.labels import concepts_with_labels
 from cluster_service.annotate.mirror import MirroredCache, store_copy
-from cluster_service.annotate.stage import annotate_run
+from cluster_service.annotate.stage import annotate_table
 from cluster_service.cli import main as cli
 from cluster_service.extract.writer import ShardWriter, create_layer_arrays, done_shards
 from cluster_service.store import RunStore
@@ -208,11 +208,11 @@ def test_reply_cache_of_an_s3_run_travels_with_the_store(s3, tmp_path, monkeypat
                              rpm=6000, tpm=10_000_000, timeout_s=5.0, progress=False)
         for node in ("node-a", "node-b"):
             monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / node))
-            summary = annotate_run(store, 3, n, cfg)
+            summary = annotate_table(store, 3, n, cfg)
             assert summary["labelled"] == n
             assert summary["calls"] == (n if node == "node-a" else 0), (node, summary)
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "node-c"))
-        dry = annotate_run(store, 3, n, dataclasses.replace(cfg, dry_run=True))
+        dry = annotate_table(store, 3, n, dataclasses.replace(cfg, dry_run=True))
         assert (dry["calls"], dry["cached"]) == (0, n), dry  # a dry run elsewhere sees the store's replies
         assert not (tmp_path / "node-c").exists(), "a dry run writes nothing"
         assert sum(1 for e in server.log() if e.get("success")) == n

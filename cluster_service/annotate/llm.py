@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..store import RunStore
+from ..store import ANNOTATIONS, RunStore
 from .budget import cut_to_budget, estimate_llm_tokens, unique_types
 from .cache import ReplyCache, request_key
 from .config import AnnotateConfig
@@ -61,13 +61,13 @@ def build_tasks(cfg: AnnotateConfig, rows: Sequence[dict[str, Any]]) -> list[Tas
 def cache_path(store: RunStore, cfg: AnnotateConfig) -> Path:
     if cfg.cache_path:
         return Path(cfg.cache_path)
-    return store.annotations_db if store.is_local else default_path(store.where())
+    return store.local_path(ANNOTATIONS) or default_path(store.where())
 
 
 def open_cache(store: RunStore, cfg: AnnotateConfig) -> ReplyCache:
     """The reply cache: the store's own file on a local run, a mirrored local file on an object store."""
     path = cache_path(store, cfg)
-    return ReplyCache(path) if store.is_local else MirroredCache(path, store)
+    return ReplyCache(path) if store.local_path() else MirroredCache(path, store)
 
 
 def cached_keys(path: Path, keys: Sequence[str]) -> set[str]:
@@ -112,7 +112,7 @@ class LLMLabeller:
         cfg, store, tasks = self.cfg, self.store, self.tasks(rows)
         keys = [request_key(self.backend, cfg.model, t.request) for t in tasks]
         hits = cached_keys(cache_path(store, cfg), keys)
-        if not store.is_local:
+        if store.local_path() is None:
             with store_copy(store) as copy:
                 if copy is not None:
                     hits |= cached_keys(copy, keys)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..cluster.concepts import CONCEPT_SCHEMA, concept_settings_key
+from ..cluster.concepts import concept_settings_key
 from ..errors import StageFailed, UserError
 from ..logs import log_event
 from ..store import RunStore
@@ -28,6 +29,7 @@ from .config import AnnotateConfig
 from .labeller import FAILED, OK, TRUNCATED, Labeller, Labelling
 
 log = logging.getLogger("cluster_service.annotate")
+_CONCEPTS = re.compile(r"layer_(\d+)_k(\d+)\.parquet")
 
 
 class AnnotationFailed(StageFailed):
@@ -42,14 +44,18 @@ def stage_name(layer: int, k: int) -> str:
     return f"annotate:layer_{layer}_k{k}"
 
 
+#: What labelling reads of a concept table (tables written before the hierarchy columns still label).
+LABELLED_COLUMNS = ["concept", "size", "words", "top_types", "examples"]
+
+
 def read_concept_rows(store: RunStore, layer: int, k: int) -> tuple[pa.Table, list[dict[str, Any]]]:
     table = store.read_concepts(layer, k)
-    missing = [f.name for f in CONCEPT_SCHEMA if f.name not in table.column_names]
+    missing = [name for name in LABELLED_COLUMNS if name not in table.column_names]
     if missing:
         raise UserError(f"{store.where(store.concepts_key(layer, k))}: concept table lacks columns "
-                        f"{', '.join(missing)}")
-    rows = table.select(["concept", "size", "words", "top_types", "examples"]).to_pylist()
-    return table, rows
+                        f"{', '.join(missing)}; re-run `cluster-service cluster {store.where()} --layer {layer} "
+                        f"--k {k}`")
+    return table, table.select(LABELLED_COLUMNS).to_pylist()
 
 
 def make_labeller(store: RunStore, cfg: AnnotateConfig) -> Labeller:
@@ -89,7 +95,43 @@ def _one_line(text: str | None, limit: int = 300) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-def annotate_run(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> dict[str, Any]:
+def concept_tables(store: RunStore, layers: Sequence[int] = (), ks: Sequence[int] = ()) -> list[tuple[int, int]]:
+    """(layer, K) of every concept table in the store, optionally only those of ``layers`` and ``ks``."""
+    found = []
+    for name in store.listdir("concepts"):
+        match = _CONCEPTS.fullmatch(name)
+        if match:
+            layer, k = int(match[1]), int(match[2])
+            if (not layers or layer in layers) and (not ks or k in ks):
+                found.append((layer, k))
+    return sorted(found)
+
+
+def annotate_run(store: RunStore, cfg: AnnotateConfig) -> dict[str, Any]:
+    """The stage: label every concept table of the run (or of ``cfg.layers`` / ``cfg.k``); returns
+    ``{"layer_{L}_k{K}": summary}``. Every table is tried; if concepts failed in any, ``StageFailed``
+    names them after the last table. A table whose labels are complete and current costs nothing: the
+    reply cache answers every call (the baseline recomputes in milliseconds)."""
+    tables = concept_tables(store, cfg.layers, cfg.k)
+    if not tables:
+        wanted = f" for layers {cfg.layers or 'any'} and K {cfg.k or 'any'}" if cfg.layers or cfg.k else ""
+        raise UserError(f"{store.where('concepts')}: no concept tables{wanted}; run `cluster-service cluster "
+                        f"{store.where()}` first")
+    out: dict[str, Any] = {}
+    failures: list[AnnotationFailed] = []
+    for layer, k in tables:
+        try:
+            out[f"layer_{layer}_k{k}"] = annotate_table(store, layer, k, cfg)
+        except AnnotationFailed as exc:
+            out[f"layer_{layer}_k{k}"] = exc.summary
+            failures.append(exc)
+    if failures:
+        more = f" (and {len(failures) - 1} more tables)" if len(failures) > 1 else ""
+        raise AnnotationFailed(f"{failures[0]}{more}", out)
+    return out
+
+
+def annotate_table(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> dict[str, Any]:
     """Label every concept of ``layer``/``k`` into ``labels/layer_{L}_k{K}/<annotator>.parquet``; returns a
     summary (labelled, truncated, failed, calls, cached, LLM tokens, cost). Raises ``UserError`` with one
     clear line when the endpoint refuses the key or the model, and ``AnnotationFailed`` when any concept

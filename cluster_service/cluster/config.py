@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from ..configs import NonNegativeInt, PositiveInt
 from .params import ApproxParams
 
 #: The one place the tree's defaults are written; the fields below take theirs from it.
@@ -15,40 +16,40 @@ APPROX = ApproxParams()
 class ClusterConfig:
     """Cluster each layer's word vectors with (approximate) Ward and cut the tree at each K."""
 
-    layers: list[int] = field(default_factory=list)
+    layers: list[NonNegativeInt] = field(default_factory=list)
     """Layers to cluster (comma-separated); empty or 'all' means every stored layer."""
-    k: list[int] = field(default_factory=lambda: [50])
+    k: list[PositiveInt] = field(default_factory=lambda: [50])
     """Numbers of concepts to cut the tree at (comma-separated, e.g. 600,200,50); one tree serves all."""
     method: Literal["approx", "exact"] = "approx"
     """'approx': k-means micro-clusters + size-weighted Ward (scales to millions of tokens);
     'exact': Ward on every token (fastcluster; up to ~50K tokens)."""
-    micro: int = APPROX.micro
+    micro: NonNegativeInt = APPROX.micro
     """Leaves of the tree: M k-means micro-clusters; 0 picks M = N (every token a leaf) up to
     --graph-max tokens, else min(N, max(10·K_max, 8192)); M = N means no k-means."""
-    graph_max: int = APPROX.graph_max
+    graph_max: NonNegativeInt = APPROX.graph_max
     """The default M rule makes every token a leaf up to this many tokens (kNN search ~N²·D)."""
-    dense_max: int = APPROX.dense_max
+    dense_max: PositiveInt = APPROX.dense_max
     """Ward runs on a dense M² float64 matrix at most this wide; with more leaves, kNN-graph Ward
     (reciprocal nearest neighbours on a kNN graph) builds the bottom of the tree first."""
-    neighbors: int = APPROX.neighbors
+    neighbors: PositiveInt = APPROX.neighbors
     """Neighbours per leaf in the kNN graph of kNN-graph Ward (more: closer to exact, slower)."""
-    sample_per_micro: int = APPROX.sample_per_micro
+    sample_per_micro: PositiveInt = APPROX.sample_per_micro
     """k-means trains on a seeded sample of this many tokens per micro-cluster (capped at N)."""
-    kmeans_iters: int = APPROX.kmeans_iters
+    kmeans_iters: PositiveInt = APPROX.kmeans_iters
     """Lloyd iterations of the micro-cluster k-means."""
-    seed: int = APPROX.seed
+    seed: NonNegativeInt = APPROX.seed
     """Seed of every random choice (sample, k-means, examples): same input + config + seed → same output."""
-    examples: int = 5
+    examples: NonNegativeInt = 5
     """Example occurrences (with their sentence) stored per concept."""
-    evaluate: int = 0
+    evaluate: NonNegativeInt = 0
     """If > 0: quality report on a seeded sample of this many tokens (exact Ward vs approximate, k-means
     baseline, exact Ward's stability on a 90 percent subsample) at every K; exact Ward's memory bounds it (~30K)."""
-    exact_max: int = 60000
+    exact_max: PositiveInt = 60000
     """Refuse exact Ward above this many tokens (time grows as N², memory up to N²/2 float64)."""
     address: str = ""
     """Ray cluster for the assignment step: '' = this process (or the Ray already initialised in it),
     'local' = start a local Ray, anything else = ray.init(address=...)."""
-    workers: int = 0
+    workers: NonNegativeInt = 0
     """Ray tasks in flight at once (0: the cluster's CPU count); each holds one shard in memory."""
     device: Literal["auto", "cpu", "cuda", "torch-cpu"] = "auto"
     """Where k-means, assignment and the kNN search run: 'auto' = 'cuda' when torch sees a GPU, else

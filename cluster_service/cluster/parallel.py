@@ -11,8 +11,9 @@ from collections import deque
 import numpy as np
 from tqdm import tqdm
 
+from ..store import shard_ranges
 from .micro import Accumulator, ShardStats, assign_shard
-from .source import Source, shard_ranges
+from .source import Source
 
 
 def assign_all(source: Source, centroids: np.ndarray, *, where: str, use_ray: bool = False,

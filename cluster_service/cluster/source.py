@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from ..store import shard_ranges
 
 
 @dataclass
@@ -74,10 +75,6 @@ class ZarrSource:
 
 
 Source = ArraySource | ZarrSource
-
-
-def shard_ranges(n: int, shard: int) -> list[tuple[int, int]]:
-    return [(lo, min(lo + shard, n)) for lo in range(0, n, shard)]
 
 
 def check_finite(x: np.ndarray, offset: int, where: str) -> None:

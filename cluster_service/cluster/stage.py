@@ -48,11 +48,6 @@ from .source import ZarrSource, read_rows
 log = logging.getLogger("cluster_service.cluster")
 
 
-def stored_layers(store: RunStore) -> list[int]:
-    group = store.open_activations("r")
-    return sorted(int(name.split("_")[1]) for name in group.array_keys() if name.startswith("layer_"))
-
-
 def _fingerprint(source: ZarrSource) -> str:
     """Cheap identity of the layer's content: shape plus the first and last rows' bytes."""
     h = hashlib.sha1(f"{source.n}x{source.d}".encode())
@@ -174,12 +169,11 @@ def _quality(source: ZarrSource, cfg: ClusterConfig, ks: list[int], ldir: LayerD
 
 
 def cluster_run(store: RunStore, cfg: ClusterConfig) -> dict:
-    """Cluster every configured layer of a run store; returns {"layers": {L: summary}, "config": ...}."""
+    """Cluster every configured layer of a run store; returns ``{"L": summary}`` (the config is in run.json)."""
     check_k(cfg.k, max(cfg.k, default=1))
-    layers = cfg.layers or stored_layers(store)
+    layers = cfg.layers or store.stored_layers()
     if not layers:
         raise UserError(f"{store.where(ACTIVATIONS)}: no layers stored; run `cluster-service extract` first")
     use_ray = _ray(cfg)
     store.record_config("cluster", dataclasses.asdict(cfg))
-    out = {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}
-    return {"layers": out, "config": dataclasses.asdict(cfg)}
+    return {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..logs import log_event
+from ..store import shard_ranges
 from .micro import Accumulator, block_rows
-from .source import Source, check_finite, shard_ranges
+from .source import Source, check_finite
 
 log = logging.getLogger("cluster_service.cluster")
 

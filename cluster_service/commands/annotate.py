@@ -1,4 +1,5 @@
-"""`cluster-service annotate RUN --layer L --k K`: label a concept table with an LLM or the baseline."""
+"""`cluster-service annotate RUN [--layer L] [--k K]`: label concept tables with an LLM or the baseline
+(every concept table of the run when no layer or K is given)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections import Counter
 
 from ..annotate import labels
 from ..annotate.config import AnnotateConfig
-from ..configs import add_dataclass_arguments, from_args, load_config_file
+from ..configs import add_dataclass_arguments, field_docs, from_args, load_config_file
+from ..errors import UserError
 from ..store import RunStore
 
 
@@ -21,14 +23,20 @@ def register(sub) -> None:
         "labelled every concept. Replies are cached in RUN/annotations.sqlite, so a rerun never repeats a call "
         "that succeeded and retries only the concepts that failed. Exit status 1 when any concept failed.")
     p.add_argument("run", metavar="RUN", help="run directory or object-store URL")
-    p.add_argument("--layer", type=int, required=True, help="layer of the concept table")
-    p.add_argument("--k", type=int, required=True, help="number of concepts (K) of the concept table")
+    p.add_argument("--layer", dest="layers", type=int_list, default=None, metavar="L[,L...]",
+                   help="alias of --layers")
+    p.add_argument("--k", type=int_list, default=None, metavar="K[,K...]", help=field_docs(AnnotateConfig)["k"]
+                   + " (default: all)")
     p.add_argument("--config", default=None, help="TOML/YAML config file; its [annotate] section is used")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--set-default", metavar="NAME", default=None,
                    help="make annotator NAME's labels the default of this layer and K, and label nothing")
-    add_dataclass_arguments(p, AnnotateConfig)
+    add_dataclass_arguments(p, AnnotateConfig, skip=("k",))
     p.set_defaults(func=main)
+
+
+def int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def _print_summary(summary: dict, store: RunStore, layer: int, k: int) -> None:
@@ -65,22 +73,27 @@ def main(args: argparse.Namespace) -> int:
 
     store = RunStore(args.run)
     if args.set_default:
-        labels.set_default(store, args.layer, args.k, args.set_default)
-        print(f"default labels of layer {args.layer} k {args.k}: {args.set_default}")
+        if len(args.layers or []) != 1 or len(args.k or []) != 1:
+            raise UserError("--set-default: give exactly one --layer and one --k")
+        (layer,), (k,) = args.layers, args.k
+        labels.set_default(store, layer, k, args.set_default)
+        print(f"default labels of layer {layer} k {k}: {args.set_default}")
         return 0
-    cfg = from_args(AnnotateConfig, args, load_config_file(args.config).get("annotate"),
-                    where=args.config or "annotate")
+    file = load_config_file(args.config)
+    cfg = from_args(AnnotateConfig, args, file.section("annotate"), where=file.where("annotate"))
     try:
-        summary = annotate_run(store, args.layer, args.k, cfg)
+        summaries = annotate_run(store, cfg)
     except AnnotationFailed as exc:
-        _report(exc.summary, args.json, store, args.layer, args.k)
+        _report(exc.summary, args.json, store)
         raise
-    _report(summary, args.json, store, args.layer, args.k)
+    _report(summaries, args.json, store)
     return 0
 
 
-def _report(summary: dict, as_json: bool, store: RunStore, layer: int, k: int) -> None:
+def _report(summaries: dict, as_json: bool, store: RunStore) -> None:
     if as_json:
-        print(json.dumps(summary, indent=2))
-    else:
+        print(json.dumps(summaries, indent=2))
+        return
+    for name, summary in summaries.items():
+        layer, k = (int(part) for part in name.removeprefix("layer_").split("_k"))
         _print_summary(summary, store, layer, k)

@@ -27,5 +27,5 @@ def main(args: argparse.Namespace) -> int:
     file = load_config_file(args.config)
     cfg = from_args(ClusterConfig, args, file.section("cluster"), where=file.where("cluster"))
     summary = cluster_run(RunStore(args.run), cfg)
-    print(json.dumps(summary["layers"], indent=1, default=float))
+    print(json.dumps(summary, indent=1, default=float))
     return 0

@@ -66,5 +66,6 @@ def main(args: argparse.Namespace) -> int:
     run_pipeline(args.run, pipeline_config(args))
     store = RunStore(args.run)
     print(json.dumps(summarize(store), indent=2))
-    print(f"results: {store.root.resolve() if store.is_local else store.where()}")
+    local = store.local_path()
+    print(f"results: {local.resolve() if local else store.where()}")
     return 0

@@ -35,7 +35,7 @@ class CorpusConfig:
     max_sentences: NonNegativeInt = 0
     """Seeded uniform sample of this many non-empty sentences, kept in file order, drawn before the
     length filter; 0 reads all."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Seed of the sentence sample."""
 
 
