@@ -98,3 +98,47 @@ def synthetic_run(root: str, layers: int = 13, k: int = 600, small_k: int | None
     store.write_manifest({"model": {"name": "synthetic", "hidden_size": dims}, "layers": list(range(layers)),
                           "tokens": None, "sentences": None, "stages": stages})
     return store
+
+
+def clustered_run(root: str, corpus: str, layers: tuple[int, ...] = (0, 2), ks: tuple[int, ...] = (3, 6),
+                  tokenizer: str = "whitespace", seed: int = 0, label: bool = True) -> RunStore:
+    """A small run store from a real corpus file, without a model: real ingest tables, a seeded nested
+    partition of the tokens per layer in place of Ward cuts (each K's concepts split those of the next
+    smaller K, as cuts of one tree do), concept tables, assignments and the hierarchy made by the cluster
+    stage's own code, and, when ``label``, baseline labels from the real annotate stage. For the export and
+    report tests, which need every file a finished run has but not its vectors."""
+    from ..annotate.config import AnnotateConfig
+    from ..annotate.stage import annotate_run
+    from ..cluster.checkpoint import LayerDir
+    from ..cluster.concepts import concept_table, hierarchy
+    from ..corpus.config import CorpusConfig
+    from ..corpus.stage import ingest_run
+
+    store = RunStore(root)
+    ingest_run(store, CorpusConfig(path=corpus, tokenizer=tokenizer))
+    tokens, sentences = store.read_tokens(), store.read_sentences()
+    n = tokens.num_rows
+    gen = np.random.default_rng(seed)
+    ks = tuple(sorted(ks))
+    for layer in layers:
+        finest = gen.permutation(np.arange(n) % ks[-1]).astype(np.int32)  # every concept non-empty
+        cuts = {ks[-1]: finest}
+        for small, big in zip(ks[::-1][1:], ks[::-1], strict=False):
+            parent_of = np.sort(gen.permutation(np.arange(big) % small)).astype(np.int32)  # each parent has a child
+            cuts[small] = parent_of[cuts[big]]
+        links = hierarchy(cuts)
+        ldir = LayerDir(store, layer)
+        vectors = gen.normal(size=(n, 8))
+        for k in ks:
+            assignments = cuts[k]
+            centroids = np.stack([vectors[assignments == c].mean(axis=0) for c in range(k)])
+            parent, children = links[k]
+            table = concept_table(assignments, centroids, tokens, sentences, parent=parent, children=children,
+                                  settings=f"clustered-run-{layer}-{k}-{seed}")
+            ldir.save(f"assignments_k{k}.npy", assignments, {"seed": seed})
+            store.write_concepts(layer, k, table)
+        store.set_stage(f"cluster:layer_{layer}", "done", k=list(ks), method="seeded-partition", seconds=0.1)
+    store.update_manifest(lambda m: m.update(layers=list(layers), model={"name": "none (clustered_run)"}))
+    if label:
+        annotate_run(store, AnnotateConfig(progress=False))
+    return store
