@@ -75,6 +75,12 @@ def test_report_of_a_real_run_in_headless_chromium(demo_run, tmp_path, capsys):
         assert page.text_content("#count") == "4 of 4 concepts"
         page.fill("#search", word)
         page.wait_for_selector(f'tr[data-concept="{concept["concept"]}"]')
+        q = word.lower()
+        expected = sorted(r["concept"] for r in first if q in (r["label"] or "").lower()
+                          or any(t["word"].lower().startswith(q) for t in r["top_types"]))
+        page.wait_for_function(f"document.querySelectorAll('table.concepts tbody tr').length === {len(expected)}")
+        shown = page.eval_on_selector_all("table.concepts tbody tr", "rows => rows.map(r => +r.dataset.concept)")
+        assert sorted(shown) == expected
         page.fill("#search", "zzqxnotaword")
         page.wait_for_function("document.querySelectorAll('table.concepts tbody tr').length === 0")
         page.screenshot(path=str(artifact(tmp_path, "report_index.png")), full_page=False)
