@@ -60,6 +60,12 @@ def test_report_writes_only_its_folder_and_a_rerun_changes_nothing(tmp_path, cap
     _, small = data_of(root / "report" / "data" / "layer_1_k5.d0.js")
     assert [c[1] for c in small["concepts"]["2"]["children"]] == [c for c in range(30) if c % 5 == 2]
 
+    _, index = data_of(root / "report" / "data" / "index.js")
+    assert index["flows"] == [{"name": "flow_0_1_k30", "a": 0, "b": 1, "k": 30, "tables": ["flow"]}]
+    _, flow = data_of(root / "report" / "data" / "flow_0_1_k30.js")
+    assert flow["tables"]["flow"]["columns"] == ["concept_a", "concept_b", "share"]
+    assert len(flow["tables"]["flow"]["rows"]) == 60
+
     assert cli(["report", str(root), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["written"] == 0 and again["removed"] == 0

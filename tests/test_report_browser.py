@@ -88,23 +88,27 @@ def test_report_of_a_real_run_in_headless_chromium(demo_run, tmp_path, capsys):
         # the planted sentence's concept page: highlighted contexts, the markup shown as text
         layer, k, cid = planted[0]
         page.goto(f"{index.as_uri()}#c/{layer}/{k}/{cid}")
-        page.wait_for_selector("#examples mark")
+        page.wait_for_selector(f'article[data-key="{layer}/{k}/{cid}"] #examples mark')
         examples = page.text_content("#examples")
         assert "<script>document.body.dataset.pwned='script'" in examples and "<img src=x onerror=" in examples
         assert page.locator("#examples li mark").count() == len(tables[(layer, k)][cid]["examples"])
+        assert "absent" in page.text_content("#analysis")  # no analyze stage in this run
         page.screenshot(path=str(artifact(tmp_path, "report_concept.png")), full_page=False)
         # parent at the next smaller K, children at the next larger K, with their labels
         page.goto(f"{index.as_uri()}#c/6/12/0")
-        page.wait_for_selector("#parent a")
+        page.wait_for_selector('article[data-key="6/12/0"] #parent a')
         parent = tables[(6, 12)][0]["parent"]
         assert page.text_content("#parent a") == f"concept {parent} (K = 4): {tables[(6, 4)][parent]['label']}"
         page.click("#parent a")
-        page.wait_for_selector("#children a")
+        page.wait_for_selector(f'article[data-key="6/4/{parent}"] #children a')
         assert page.locator("#children a").count() == len(tables[(6, 4)][parent]["children"]) >= 1
         assert "concept 0 (K = 12)" in page.text_content("#children")
         page.goto(f"{index.as_uri()}#map/6/12")
-        page.wait_for_selector("#map-svg")
+        page.wait_for_selector('section[data-key="6/12"] #map-svg')
         assert page.locator("#map-svg circle").count() == 12
+        page.goto(f"{index.as_uri()}#flow")
+        page.wait_for_selector("#flow")
+        assert "Flow between layers: absent" in page.text_content("#flow")
         page.goto(f"{index.as_uri()}#run")
         page.wait_for_selector("#stages")
         assert "annotate:layer_6_k12" in page.text_content("#stages")

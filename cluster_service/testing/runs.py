@@ -95,6 +95,12 @@ def synthetic_run(root: str, layers: int = 13, k: int = 600, small_k: int | None
                     "top_neurons": pa.array([rng.sample(range(dims), 5) for _ in range(n)], pa.list_(pa.int32())),
                 }))
         stages[f"cluster:layer_{layer}"] = {"status": "done", "seconds": 2.0, "k": ks}
+        if analysis and layer:  # how each concept of the layer below splits into this layer's
+            store.write_parquet(f"analysis/layers_{layer - 1}_{layer}_k{k}/flow.parquet", pa.table({
+                "concept_a": pa.array(np.repeat(np.arange(k), 2), pa.int32()),
+                "concept_b": pa.array(rng.choices(range(k), k=2 * k), pa.int32()),
+                "share": pa.array([round(rng.random(), 3) for _ in range(2 * k)]),
+            }))
     store.write_manifest({"model": {"name": "synthetic", "hidden_size": dims}, "layers": list(range(layers)),
                           "tokens": None, "sentences": None, "stages": stages})
     return store

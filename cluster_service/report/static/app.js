@@ -181,7 +181,7 @@
     }
     render();
     const notes = list.notes.length ? el("ul", { class: "notes" }, list.notes.map((n) => el("li", {}, n))) : null;
-    show(el("section", { id: "list" },
+    show(el("section", { id: "list", "data-key": t.layer + "/" + t.k },
       el("div", { class: "toolbar" }, picker(t, "list"), search, count,
         t.has_map ? el("a", { href: "#map/" + t.layer + "/" + t.k }, "map of this table") : null),
       notes,
@@ -224,7 +224,7 @@
     const analysis = names.length
       ? el("table", { class: "kv", id: "analysis" }, names.map((n) => el("tr", {}, el("th", {}, n), el("td", {}, fmt(detail.analysis[n])))))
       : el("p", { class: "muted", id: "analysis" }, "Score, aligned tag, probe accuracy and selectivity, top neurons, stability: absent (run `cluster-service analyze`).");
-    show(el("article", { id: "concept" },
+    show(el("article", { id: "concept", "data-key": t.layer + "/" + t.k + "/" + id },
       el("p", { class: "crumbs" }, el("a", { href: "#list/" + t.layer + "/" + t.k }, "layer " + t.layer + ", K = " + t.k), " / concept " + id),
       el("h2", { id: "concept-label" }, label === null || label === undefined ? "concept " + id + " (unlabelled)" : label),
       el("p", { class: "meta" }, "size " + row.size + (row.type ? " - type " + row.type : "")),
@@ -269,7 +269,7 @@
         plot.appendChild(text);
       }
     }
-    show(el("section", { id: "map" }, el("div", { class: "toolbar" }, picker(t, "map")),
+    show(el("section", { id: "map", "data-key": t.layer + "/" + t.k }, el("div", { class: "toolbar" }, picker(t, "map")),
       el("p", { class: "muted" }, "The concepts' centroids on their first two principal axes; area by size. Click a concept to open it."),
       plot));
   }
