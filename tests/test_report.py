@@ -56,7 +56,7 @@ def test_report_writes_only_its_folder_and_a_rerun_changes_nothing(tmp_path, cap
     _, detail = data_of(root / "report" / "data" / "layer_1_k30.d0.js")
     concept = detail["concepts"]["7"]
     assert concept["parent"][:2] == [5, 7 % 5] and concept["children"] == []
-    assert concept["analysis"]["top_neurons"] and detail["hierarchy"] == "tree"
+    assert len(concept["analysis"]["score_top_neurons"]) == 5 and detail["hierarchy"] == "tree"
     _, small = data_of(root / "report" / "data" / "layer_1_k5.d0.js")
     assert [c[1] for c in small["concepts"]["2"]["children"]] == [c for c in range(30) if c % 5 == 2]
 

@@ -40,6 +40,7 @@ log = logging.getLogger("cluster_service.export")
 ANNOTATOR = "tcn"
 _LAYER = re.compile(r"layer(\d+)")
 _CLUSTERS = re.compile(r"clusters-(\d+)\.txt")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def _json(src: RunStore, key: str) -> Any:
@@ -90,7 +91,7 @@ def parse_clusters(src: RunStore, key: str, k: int, sentences: list[str]) -> Lin
         text = src.read_bytes(key).decode()
     except UnicodeDecodeError as exc:
         raise UserError(f"{src.where(key)}: not UTF-8 ({exc})") from None
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_LINE_BREAK.split(text), 1):  # the line breaks Python's text files know
         if not line:
             continue
         parts = line.split(SEPARATOR)
