@@ -76,7 +76,7 @@ def measure(name: str, store: RunStore, data: str, repeats: int, screenshot: Pat
     t0 = time.perf_counter()
     summary = report_run(store, ReportConfig())
     seconds = time.perf_counter() - t0
-    site = Path(store.where("report"))
+    site = Path(store.where("report")).resolve()
     files = [p for p in site.rglob("*") if p.is_file()]
     tables = store.listdir("concepts")
     layer, k = (int(x) for x in tables[0].removeprefix("layer_").removesuffix(".parquet").split("_k"))
