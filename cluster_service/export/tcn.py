@@ -27,6 +27,7 @@ from ..annotate.labels import concepts_with_labels
 from ..cluster.checkpoint import LayerDir
 from ..errors import UserError
 from ..logs import log_event
+from ..progress import progress_bar
 from ..store import RunStore
 from .concepts import concept_tables
 
@@ -144,6 +145,7 @@ def write_tcn(store: RunStore, out: RunStore, layers: list[int], ks: list[int],
     sentence_index = np.fromiter((index_of[s] for s in sids), dtype=np.int64, count=len(sids))
     out.write_bytes(SENTENCES_JSON, json.dumps(texts, ensure_ascii=False).encode())
     copies = []
+    bar = progress_bar(len(chosen), desc="export tcn", unit="layer")
     for layer, k in chosen:
         assignments = load_assignments(store, layer, k)
         if len(assignments) != tokens.num_rows:
@@ -157,6 +159,8 @@ def write_tcn(store: RunStore, out: RunStore, layers: list[int], ks: list[int],
             copies.append(f"{folder}/{VIEWER_FILE}")
         out.write_bytes(f"{folder}/{ANNOTATIONS_JSON}",
                         json.dumps(annotations(store, layer, k, annotator), ensure_ascii=False, indent=0).encode())
+        bar.update(1)
+    bar.close()
     out.write_bytes("README.md", readme(chosen).encode())
     summary = {"format": "tcn", "out": out.where(), "tables": [f"layer_{lay}_k{k}" for lay, k in chosen],
                "tokens": tokens.num_rows, "sentences": len(texts), "viewer_copies": copies}

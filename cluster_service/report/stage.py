@@ -12,6 +12,7 @@ longer produced (a table dropped by ``--layers``); it never touches anything out
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -53,7 +54,11 @@ def site_files(store: RunStore, cfg: ReportConfig) -> dict[str, bytes]:
     labelled: dict[tuple[int, int], LabelledTable] = {}
     with progress_bar(len(every), desc="report: reading tables", unit="table") as bar:
         for layer, k in every:
-            labelled[(layer, k)] = labelled_table(store, layer, k)
+            table = labelled_table(store, layer, k)
+            # every member word (one string per token: millions in a large run) is not shown; drop it now so
+            # that only one table's words are in memory at a time
+            words = [n for n in ("words",) if n in table.concepts.column_names]
+            labelled[(layer, k)] = dataclasses.replace(table, concepts=table.concepts.drop_columns(words))
             bar.update(1)
     index_tables = []
     for layer, k in wanted:
