@@ -101,7 +101,9 @@ def report_run(store: RunStore, cfg: ReportConfig) -> dict[str, Any]:
         store.remove(key)
     seconds = round(time.monotonic() - start, 3)
     tables = sum(1 for n in files if n.startswith("data/layer_") and n.count(".") == 1)
-    summary = {"index": store.where(INDEX), "files": len(files), "written": written, "removed": len(stale),
+    local = store.local_path(INDEX)
+    summary = {"index": str(local.absolute()) if local else store.where(INDEX), "files": len(files),
+               "written": written, "removed": len(stale),
                "tables": tables, "bytes": sum(map(len, files.values())), "seconds": seconds}
     store.set_stage("report", "done", seconds=seconds, files=len(files))
     log_event(log, "report written", index=store.where(INDEX), files=len(files), written=written, seconds=seconds)
