@@ -25,9 +25,14 @@ def table_name(layer: int, k: int) -> str:
     return f"layer_{layer}_k{k}"
 
 
+#: Each map axis spans these quantiles of the concepts' coordinates; the few beyond sit on its edge, so that
+#: one far-off concept does not squeeze all the others into a corner.
+MAP_QUANTILES = (0.03, 0.97)
+
+
 def pca_2d(centroids: np.ndarray) -> np.ndarray:
-    """The concepts' centroids projected on their first two principal axes, scaled to [0, 1] each
-    (signs fixed so that a rerun draws the same map)."""
+    """The concepts' centroids projected on their first two principal axes, scaled to [0, 1] each over
+    MAP_QUANTILES and clipped (signs fixed so that a rerun draws the same map)."""
     if len(centroids) < 2:
         return np.full((len(centroids), 2), 0.5)
     x = centroids.astype(np.float64) - centroids.mean(axis=0)
@@ -37,8 +42,8 @@ def pca_2d(centroids: np.ndarray) -> np.ndarray:
     coords = x @ (axes * signs[:, None]).T
     if coords.shape[1] < 2:
         coords = np.hstack([coords, np.zeros((len(coords), 1))])
-    lo, hi = coords.min(axis=0), coords.max(axis=0)
-    return (coords - lo) / np.where(hi > lo, hi - lo, 1.0)
+    lo, hi = np.quantile(coords, MAP_QUANTILES[0], axis=0), np.quantile(coords, MAP_QUANTILES[1], axis=0)
+    return np.clip((coords - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
 
 
 def centroid_matrix(table: pa.Table) -> np.ndarray | None:

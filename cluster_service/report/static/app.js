@@ -253,7 +253,8 @@
     const rows = list.rows.map(rowObject).sort((a, b) => b.size - a.size);
     const W = 960, H = 640, pad = 24, biggest = Math.max(1, rows[0] ? rows[0].size : 1);
     const plot = svg("svg", { viewBox: "0 0 " + W + " " + H, width: "100%", role: "img", id: "map-svg" });
-    const named = new Set(rows.slice(0, 12).map((r) => r.concept));
+    const placed = [];  // label boxes drawn so far: a label that would overlap one is left to the tooltip
+    const fits = (x, y, w) => !placed.some((b) => x < b.x + b.w && b.x < x + w && Math.abs(y - b.y) < 13);
     for (const r of rows) {
       const cx = pad + r.xy[0] * (W - 2 * pad), cy = pad + (1 - r.xy[1]) * (H - 2 * pad);
       const dot = svg("circle", { cx: cx.toFixed(1), cy: cy.toFixed(1), r: (2 + 22 * Math.sqrt(r.size / biggest)).toFixed(1), class: "dot" });
@@ -262,15 +263,18 @@
       dot.appendChild(title);
       dot.addEventListener("click", () => { location.hash = conceptHref(t.layer, t.k, r.concept).slice(1); });
       plot.appendChild(dot);
-      if (named.has(r.concept)) {
-        const text = svg("text", { x: (cx + 4).toFixed(1), y: (cy - 4).toFixed(1), class: "dot-label" });
-        const name = r.labels[0] || r.top.slice(0, 3).join(" ");
-        text.textContent = name.length > 28 ? name.slice(0, 27) + "..." : name;
+      const full = r.labels[0] || r.top.slice(0, 3).join(" ");
+      const name = full.length > 28 ? full.slice(0, 27) + "..." : full;
+      const x = cx + 4, y = cy - 4, w = 6.2 * name.length;
+      if (placed.length < 40 && x + w < W && fits(x, y, w)) {
+        placed.push({ x, y, w });
+        const text = svg("text", { x: x.toFixed(1), y: y.toFixed(1), class: "dot-label" });
+        text.textContent = name;
         plot.appendChild(text);
       }
     }
     show(el("section", { id: "map", "data-key": t.layer + "/" + t.k }, el("div", { class: "toolbar" }, picker(t, "map")),
-      el("p", { class: "muted" }, "The concepts' centroids on their first two principal axes; area by size. Click a concept to open it."),
+      el("p", { class: "muted" }, "The concepts' centroids on their first two principal axes (PCA); area by size. Each axis spans 94% of the concepts; the rest sit on its edge. Click a concept to open it."),
       plot));
   }
 
