@@ -9,8 +9,10 @@ import sys
 
 from .errors import StageFailed, UserError
 
-#: Verb modules under cluster_service.commands, in the order --help lists them.
-VERBS = ("ingest", "extract", "cluster", "annotate", "run", "info", "submit", "status", "logs")
+#: Verb modules under cluster_service.commands, in the order --help lists them (``import_`` holds the
+#: verb ``import``, a Python keyword).
+VERBS = ("ingest", "extract", "cluster", "annotate", "report", "export", "import_", "run", "info", "submit", "status",
+         "logs")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ from .corpus import STAGE as INGEST
 from .errors import UserError
 from .extract import STAGE as EXTRACT
 from .logs import log_event
+from .report import STAGE as REPORT
 from .stage import Stage
 from .store import RunStore
 
@@ -27,7 +28,7 @@ log = logging.getLogger("cluster_service.pipeline")
 DEMO_SENTENCES = 3000
 
 #: every stage, in the order data flows through them
-STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE)
+STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE, REPORT)
 #: config file sections a job file may hold (a misspelt one is an error, not silently ignored)
 SECTIONS = ("stages", *(s.section for s in STAGES))
 DEFAULT_STAGES = tuple(s.name for s in STAGES)

@@ -19,22 +19,24 @@ from ..cluster.config import ClusterConfig
 from ..configs import ConfigFile, add_dataclass_arguments, load_config_file
 from ..corpus import CorpusConfig
 from ..extract.config import ExtractConfig
+from ..report.config import ReportConfig
 from ..store import RunStore
 
 DEMO_RUN = "runs/demo"
 SECTIONS = (("corpus", CorpusConfig, "corpus-"), ("extract", ExtractConfig, ""),
-            ("cluster", ClusterConfig, "cluster-"), ("annotate", AnnotateConfig, "annotate-"))
+            ("cluster", ClusterConfig, "cluster-"), ("annotate", AnnotateConfig, "annotate-"),
+            ("report", ReportConfig, "report-"))
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="run every stage (ingest, extract, cluster, annotate) from one configuration",
+    p = sub.add_parser("run", help="run every stage (ingest, extract, cluster, annotate, report) from one config",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", nargs="?", default=DEMO_RUN,
                    help=f"run directory or object-store URL such as s3://bucket/prefix (default: {DEMO_RUN})")
     p.add_argument("--config", metavar="FILE",
                    help="TOML or YAML file with [corpus], [extract], [cluster], [annotate] sections; flags override it")
     p.add_argument("--stages", default=None, metavar="LIST",
-                   help="stages to run, comma-separated, in any order (default: ingest,extract,cluster,annotate; "
+                   help="stages to run, comma-separated, in any order (default: every stage; "
                         "extract brings ingest along)")
     for _, cls, prefix in SECTIONS:
         add_dataclass_arguments(p, cls, prefix=prefix)
@@ -63,9 +65,11 @@ def main(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline
     from .info import summarize
 
-    run_pipeline(args.run, pipeline_config(args))
+    summary = run_pipeline(args.run, pipeline_config(args))
     store = RunStore(args.run)
     print(json.dumps(summarize(store), indent=2))
     local = store.local_path()
     print(f"results: {local.resolve() if local else store.where()}")
+    if "report" in summary:
+        print(f"report: {summary['report']['index']}")
     return 0
