@@ -5,7 +5,8 @@ every layer with the packaged MiniLM on a local Ray, clusters each layer into K=
 approximate Ward, labels them with the offline baseline labeller, and prints where the results are.
 Each stage resumes, so rerunning the same command after an interruption finishes the job without
 redoing finished work. Stage flags are prefixed: --corpus-*, --cluster-*, --annotate-*; extract's
-flags have no prefix.
+flags have no prefix. --models A,B runs every stage per model into sibling runs RUN/<model>/ after one
+shared ingestion; --keep-activations frees each run's activations once its stages are done.
 """
 
 from __future__ import annotations
@@ -60,12 +61,15 @@ def pipeline_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..pipeline import run_pipeline
+    from ..multi import run_job, run_name
     from .info import summarize
 
-    run_pipeline(args.run, pipeline_config(args))
+    cfg = pipeline_config(args)
+    run_job(args.run, cfg)
     store = RunStore(args.run)
-    print(json.dumps(summarize(store), indent=2))
+    models = cfg.configs["extract"].models
+    runs = [RunStore(store.where(run_name(m))) for m in models] or [store]
+    print(json.dumps({r.where(): summarize(r) for r in runs} if models else summarize(store), indent=2))
     local = store.local_path()
     print(f"results: {local.resolve() if local else store.where()}")
     return 0
