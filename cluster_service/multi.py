@@ -69,8 +69,11 @@ def run_one(store: RunStore, cfg) -> dict[str, Any]:
                   rerun="--keep-activations all re-extracts them")
         return {"run": store.where(), "skipped": "activations freed", FREED: freed}
     summary = run_pipeline(store.where(), cfg)
-    if "extract" in cfg.stages:
+    if "cluster" in cfg.stages:  # the budget frees what clustering has read, never before it ran
         summary[FREED] = free_activations(store, keep)
+    elif keep != "all":
+        log_event(log, "activations kept: the storage budget applies once the cluster stage has run",
+                  level=logging.WARNING, run=store.where(), keep=keep)
     return summary
 
 
