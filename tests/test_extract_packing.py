@@ -126,7 +126,8 @@ def assert_same_vectors(padded: RunStore, packed: RunStore) -> None:
         a = padded.layer_array(layer)[:].astype(np.float32)
         b = packed.layer_array(layer)[:].astype(np.float32)
         assert np.abs(a).max() > 0.1  # real vectors, not the fill value
-        np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2, err_msg=f"layer {layer}")
+        # float32 on the CPU: the paths differ by float16 rounding (one unit in the last place) at most
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=2e-3, err_msg=f"layer {layer}")
 
 
 @pytest.mark.integration
@@ -158,7 +159,7 @@ def test_packed_equals_padded_for_a_causal_decoder(tmp_path, tiny_decoder):  # n
 @pytest.mark.integration
 def test_shards_really_pack_several_sentences_per_row(tmp_path):
     corpus = tmp_path / "c.txt"
-    corpus.write_text("\n".join(SENTENCES * 5) + "\n")
+    corpus.write_text("\n".join(SENTENCES * 20) + "\n")
     store = RunStore(tmp_path / "run")
     ingest_run(store, CorpusConfig(path=str(corpus), tokenizer="whitespace"))
     task = ShardTasks(store, 10_000).task(0)

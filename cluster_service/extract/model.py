@@ -176,6 +176,8 @@ def load_model(name: str, device: str = "auto", dtype: str = "auto", max_length:
 def sequence_limit(cfg, tokenizer, max_length: int = 0) -> tuple[int, int]:
     """Subword positions one forward pass may hold (specials included), and how many are specials."""
     limit = int(getattr(cfg, "max_position_embeddings", getattr(cfg, "n_positions", 512)) or 512)
+    if limit <= 0:  # XLNet's relative positions set no limit (-1): the length it was trained at
+        limit = 512
     if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # position ids start after the padding index
     if max_length:

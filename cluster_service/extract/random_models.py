@@ -14,8 +14,10 @@ from typing import Any
 #: vocabulary of the packaged tokenizer every random model reads through ([PAD] = 0)
 VOCAB = {"vocab_size": 30522, "pad_token_id": 0}
 BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+# tiny shapes start from wider weights than the standard 0.02, so that attention is far from uniform
+# and a word's vector depends on its context as it does in a trained model (tests rely on that)
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-        "max_position_embeddings": 130}
+        "max_position_embeddings": 130, "initializer_range": 0.2}
 
 #: spec name -> (transformers config class name, keyword arguments)
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -31,8 +33,9 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-roberta": ("RobertaConfig", {**TINY, "type_vocab_size": 1}),
     "tiny-xlm-roberta": ("XLMRobertaConfig", {**TINY, "type_vocab_size": 1}),
     "tiny-albert": ("AlbertConfig", {**TINY, "embedding_size": 16}),
-    "tiny-xlnet": ("XLNetConfig", {"d_model": 32, "n_layer": 2, "n_head": 2, "d_inner": 64}),
-    "tiny-gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128}),
+    "tiny-xlnet": ("XLNetConfig", {"d_model": 32, "n_layer": 2, "n_head": 2, "d_inner": 64, "initializer_range": 0.2}),
+    "tiny-gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128,
+                                 "initializer_range": 0.2}),
 }
 
 

@@ -67,6 +67,9 @@ def prepare_store(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
 
     The extract config is recorded in run.json only after the arrays exist, so a run killed before that
     starts its arrays again from scratch; a recorded one resumes shard by shard."""
+    if cfg.models:
+        raise UserError("extract.models (--models): several models run through `cluster-service run --models`; "
+                        "one run store holds one model (--model)")
     if not store.exists() or not store.has(TOKENS):
         raise UserError(f"{store.where(TOKENS)}: missing; run `cluster-service ingest {store.where()}` "
                         "(or `extract` with --corpus-* flags) first")
