@@ -80,21 +80,35 @@ def make_corpus(workdir: Path, tokens: int) -> str:
     return str(path)
 
 
-def forward_only(lm, tasks, layers, cfg) -> dict:
-    """The model's forward passes alone on the batches extraction builds for ``cfg`` (padded or packed)."""
-    comp = ShardComputer(lm, layers, cfg.pooling, cfg.batch_tokens, cfg.pack_length)
-    batches = [b for t in tasks for b in comp.batches(t)]
-    words = sum(len(b.rows) for b in batches)
+def forward_only(variants: dict, repeats: int = 1) -> dict:
+    """The model's forward passes alone on the batches extraction builds, for each variant
+    (name -> (loaded model, ShardComputer, tasks)): passes of the variants interleaved ``repeats``
+    times and the fastest pass of each kept, so that on a shared machine a burst of load elsewhere
+    slows one pass, not one variant."""
+    prepared = {}
+    for name, (lm, comp, tasks) in variants.items():
+        batches = [b for t in tasks for b in comp.batches(t)]
+        with torch.inference_mode():
+            for b in batches[:3]:  # warm-up (kernels, allocator)
+                comp.forward(b)
+            sync(lm)
+        prepared[name] = (lm, comp, batches)
+    times: dict = {name: [] for name in variants}
     with torch.inference_mode():
-        for b in batches[:3]:  # warm-up (kernels, allocator)
-            comp.forward(b)
-        sync(lm)
-        t0 = time.perf_counter()
-        for b in batches:
-            comp.forward(b)
-        sync(lm)
-    sec = time.perf_counter() - t0
-    return {"tokens": words, "seconds": sec, "tokens_per_s": words / sec, **subword_fields(batches, sec)}
+        for _ in range(repeats):
+            for name, (lm, comp, batches) in prepared.items():
+                t0 = time.perf_counter()
+                for b in batches:
+                    comp.forward(b)
+                sync(lm)
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, (_, _, batches) in prepared.items():
+        sec = min(times[name])
+        words = sum(len(b.rows) for b in batches)
+        out[name] = {"tokens": words, "seconds": sec, "tokens_per_s": words / sec, "repeats": repeats,
+                     **subword_fields(batches, sec)}
+    return out
 
 
 def subword_fields(batches, seconds: float) -> dict:
@@ -223,70 +237,91 @@ CPU_MODES = "forward_only,host_sink,disk_write,full,one_sentence_baseline"
 
 
 def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[dict]:
-    """One process on this machine's device: every mode, forward_only and full on each forward path
-    (padded, and packed at each --pack-lengths value for forward_only), all on the same sentences."""
+    """One process on this machine's device: forward_only on each forward path (padded, and packed at
+    each --pack-lengths value) and full on each path (packed at --pack-length), interleaved and the
+    fastest of --repeats kept; the other modes once. All on the same sentences."""
     modes = (args.modes or CPU_MODES).split(",")
     n_layers, hidden = model_shape(args.model)
     layers = resolve_layers(layers_arg, n_layers)
     corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
     bpt = len(layers) * hidden * 2
-    rows: list[dict] = []
+    paths = {}
     for path in args.paths.split(","):
-        packed = path == "packed"
         cfg = ExtractConfig(model=args.model, layers=layers_arg, engine="local", writer_threads=args.writer_threads,
                             batch_tokens=args.batch_tokens, shard_rows=args.shard_rows, cpus_per_worker=args.threads,
-                            packed=packed, pack_length=args.pack_length)
+                            packed=path == "packed", pack_length=args.pack_length)
         run = workdir / f"run_{len(layers)}_{path}"
         shutil.rmtree(run, ignore_errors=True)
         manifest = prepare_store(ingested(run, corpus_cfg), cfg)
-        n_rows = manifest["tokens"]
         source = ShardTasks(RunStore(run), cfg.shard_rows)
         tasks = [source.task(s) for s in range(manifest["shards"])]
-        lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, packed=packed)
-        gpus = 1 if lm.device.type == "cuda" else 0
-        machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
-        base = {"machine": machine, "model": args.model or "all-MiniLM-L6-v2", "device": lm.device.type,
-                "gpus": gpus, "layers": len(layers), "bytes_per_token": bpt, "engine": "local", "packed": packed,
-                "pack_length": cfg.pack_length if packed else None, "batch_tokens": cfg.batch_tokens}
-        first = len(rows)
-        if "forward_only" in modes:
-            for length in ([int(x) for x in args.pack_lengths.split(",")] if packed else [0]):
-                at = dataclasses.replace(cfg, pack_length=length) if length else cfg
-                rows.append({**base, "pack_length": length or None, "mode": "forward_only",
-                             **forward_only(lm, tasks, layers, at)})
-        if "forward_fixed_shape" in modes and packed:
-            r, t = (int(x) for x in args.fixed_shape.split("x"))
-            rows.append({**base, "pack_length": None, "mode": "forward_fixed_shape", **forward_fixed_shape(lm, r, t)})
-        if "host_sink" in modes:
+        lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, packed=cfg.packed)
+        paths[path] = (cfg, run, tasks, lm)
+    cfg0, _, _, lm0 = next(iter(paths.values()))
+    n_rows = len(RunStore(next(iter(paths.values()))[1]).read_tokens(["row"]))
+    gpus = 1 if lm0.device.type == "cuda" else 0
+    machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
+
+    def base(path: str | None, pack_length: int | None) -> dict:
+        return {"machine": machine, "model": args.model or "all-MiniLM-L6-v2", "device": lm0.device.type,
+                "gpus": gpus, "layers": len(layers), "bytes_per_token": bpt, "engine": "local",
+                "packed": None if path is None else path == "packed",
+                "pack_length": pack_length if path == "packed" else None, "batch_tokens": cfg0.batch_tokens}
+
+    def computer(path: str, pack_length: int) -> ShardComputer:
+        cfg, _, _, lm = paths[path]
+        return ShardComputer(lm, layers, cfg.pooling, cfg.batch_tokens, pack_length)
+
+    rows: list[dict] = []
+    if "forward_only" in modes:
+        variants = {}
+        for path, (cfg, _, tasks, lm) in paths.items():
+            for length in [int(x) for x in args.pack_lengths.split(",")] if cfg.packed else [cfg.pack_length]:
+                variants[(path, length)] = (lm, computer(path, length), tasks)
+        for (path, length), result in forward_only(variants, args.repeats).items():
+            rows.append({**base(path, length), "mode": "forward_only", **result})
+    if "forward_fixed_shape" in modes:
+        r, t = (int(x) for x in args.fixed_shape.split("x"))
+        rows.append({**base("packed", None), "mode": "forward_fixed_shape", **forward_fixed_shape(lm0, r, t)})
+    if "host_sink" in modes:
+        for path, (cfg, run, tasks, _) in paths.items():
             sec = pipeline(str(run), cfg, layers, tasks)
-            rows.append({**base, "mode": "host_sink", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec})
-        gbps = None
-        if "disk_write" in modes and not packed:  # storage does not depend on the forward path
-            sec, nbytes = disk_write(workdir, layers, n_rows, hidden, cfg)
-            gbps = nbytes / sec / 1e9
-            rows.append({**base, "packed": None, "pack_length": None, "mode": "disk_write", "tokens": n_rows,
-                         "seconds": sec, "tokens_per_s": n_rows / sec, "write_gbps": gbps,
-                         "writers": cfg.writer_threads})
-        if "full" in modes:
-            summary = extract_run(ingested(run, corpus_cfg), cfg)
-            full = summary["tokens_per_s"]
-            row = {**base, "mode": "full", "tokens": n_rows, "seconds": summary["seconds"], "tokens_per_s": full,
-                   **subword_fields([b for t in tasks for b in ShardComputer(lm, layers, cfg.pooling,
-                                     cfg.batch_tokens, cfg.pack_length).batches(t)], summary["seconds"])}
-            fwd = next((r["tokens_per_s"] for r in rows[first:] if r["mode"] == "forward_only"
-                        and r["pack_length"] == base["pack_length"]), None)
-            gbps = gbps or next((r["write_gbps"] for r in rows if r["mode"] == "disk_write"), None)
+            rows.append({**base(path, cfg.pack_length), "mode": "host_sink", "tokens": n_rows, "seconds": sec,
+                         "tokens_per_s": n_rows / sec})
+    gbps = None
+    if "disk_write" in modes:  # storage does not depend on the forward path
+        sec, nbytes = disk_write(workdir, layers, n_rows, hidden, cfg0)
+        gbps = nbytes / sec / 1e9
+        rows.append({**base(None, None), "mode": "disk_write", "tokens": n_rows, "seconds": sec,
+                     "tokens_per_s": n_rows / sec, "write_gbps": gbps, "writers": cfg0.writer_threads})
+    if "full" in modes:
+        best: dict[str, float] = {}
+        for i in range(args.repeats):
+            for path, (cfg, run, _, _) in paths.items():
+                fresh = workdir / f"full_{path}_{i}"
+                shutil.copytree(run, fresh)  # tables and empty arrays: extract resumes it from scratch
+                sec = extract_run(RunStore(fresh), cfg)["seconds"]
+                shutil.rmtree(fresh, ignore_errors=True)
+                best[path] = min(best.get(path, sec), sec)
+        for path, (cfg, _, tasks, _) in paths.items():
+            sec = best[path]
+            row = {**base(path, cfg.pack_length), "mode": "full", "tokens": n_rows, "seconds": sec,
+                   "tokens_per_s": n_rows / sec, "repeats": args.repeats,
+                   **subword_fields([b for t in tasks for b in computer(path, cfg.pack_length).batches(t)], sec)}
+            fwd = next((r["tokens_per_s"] for r in rows if r["mode"] == "forward_only"
+                        and r["packed"] == row["packed"] and r["pack_length"] == row["pack_length"]), None)
             if fwd and gbps:
                 roof = min(fwd, gbps * 1e9 / bpt)
-                row.update(write_gbps=gbps, roofline_tokens_per_s=roof, fraction_of_roofline=full / roof)
+                row.update(write_gbps=gbps, roofline_tokens_per_s=roof, fraction_of_roofline=row["tokens_per_s"] / roof)
             rows.append(row)
-        if "one_sentence_baseline" in modes and not packed:
-            n, sec = one_sentence_baseline(lm, RunStore(run), layers, cfg.pooling, min(n_rows, args.baseline_rows),
-                                           workdir)
-            rows.append({**base, "packed": None, "pack_length": None, "mode": "one_sentence_baseline", "tokens": n,
-                         "seconds": sec, "tokens_per_s": n / sec})
+    if "one_sentence_baseline" in modes:
+        _, run, _, lm = paths[next(iter(paths))]
+        n, sec = one_sentence_baseline(lm, RunStore(run), layers, cfg0.pooling, min(n_rows, args.baseline_rows),
+                                       workdir)
+        rows.append({**base(None, None), "mode": "one_sentence_baseline", "tokens": n, "seconds": sec,
+                     "tokens_per_s": n / sec})
+    for _, run, _, _ in paths.values():
         shutil.rmtree(run, ignore_errors=True)
-        del lm
     baseline = next((r["tokens_per_s"] for r in rows if r["mode"] == "one_sentence_baseline"), None)
     padded = {r["mode"]: r["tokens_per_s"] for r in rows if r["packed"] is False}
     for r in rows:
@@ -440,6 +475,8 @@ def main() -> None:
     ap.add_argument("--pack-length", type=int, default=ExtractConfig.pack_length,
                     help="subwords per packed row for the pipeline modes")
     ap.add_argument("--pack-lengths", default="", help="pack lengths forward_only tries (default: --pack-length)")
+    ap.add_argument("--repeats", type=int, default=1, help="forward_only passes and full runs per path, "
+                    "interleaved between the paths (the fastest counts)")
     ap.add_argument("--fixed-shape", default="64x256", help="ROWSxLENGTH of the forward_fixed_shape batch")
     ap.add_argument("--in-flight", type=int, default=0, help="with --gpus: shards in flight per actor "
                     "(default: the extract stage's IN_FLIGHT)")

@@ -65,8 +65,7 @@ def run_one(store: RunStore, cfg) -> dict[str, Any]:
     keep = cfg.configs["extract"].keep_activations
     freed = store.read_manifest().get(FREED) if store.exists() else None
     if freed and keep != "all":
-        log_event(log, "run skipped: its activations were freed", run=store.where(), layers=freed["layers"],
-                  rerun="--keep-activations all re-extracts them")
+        log_event(log, "run skipped", run=store.where(), why=freed_message(store))
         return {"run": store.where(), "skipped": "activations freed", FREED: freed}
     summary = run_pipeline(store.where(), cfg)
     if "cluster" in cfg.stages:  # the budget frees what clustering has read, never before it ran
@@ -177,7 +176,8 @@ def free_activations(store: RunStore, keep: str) -> dict[str, Any] | None:
 
 
 def freed_message(store: RunStore, layer: int | None = None) -> str | None:
-    """One line for a command that needs activations a run has freed (None when they are there)."""
+    """One line for a command that needs activations a run has freed (None when they are there):
+    what a skipped run logs, and what analyze/serve should say instead of a missing-array error."""
     freed = store.read_manifest().get(FREED) if store.exists() else None
     if not freed or (layer is not None and layer not in freed["layers"]):
         return None

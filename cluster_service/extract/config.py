@@ -36,8 +36,10 @@ class ExtractConfig:
     decoders), so almost no compute goes to padding; vectors equal the padded path's within float16
     tolerance. Models whose attention cannot be packed (XLNet, DeBERTa) run padded; run.json's
     `forward` says which path ran. --no-packed pads every sequence to its batch's longest."""
-    pack_length: PositiveInt = 128
-    """Subword positions per packed row (a sequence longer than this gets a row of its own)."""
+    pack_length: PositiveInt = 64
+    """Subword positions per packed row (a sequence longer than this gets a row of its own). Attention
+    costs grow with the row: on a 2-core CPU (MiniLM) 64 ran 1.5x the padded path's forward passes and
+    128 or 256 slower than it; GPUs may gain from longer rows (bench_extract.py --pack-lengths)."""
     max_length: NonNegativeInt = 0
     """Longest subword sequence per forward pass, specials included; 0 = the model's maximum. Longer
     sentences are split into overlapping windows, never truncated."""

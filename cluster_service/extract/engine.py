@@ -23,7 +23,7 @@ from .sequences import Batch, ShardTask
 class ShardComputer:
     """Holds a loaded model; turns a ShardTask into a [layers, rows, hidden] float16 tensor."""
 
-    def __init__(self, lm: LoadedModel, layers: list[int], pooling: str, batch_tokens: int, pack_length: int = 128):
+    def __init__(self, lm: LoadedModel, layers: list[int], pooling: str, batch_tokens: int, pack_length: int = 64):
         self.lm = lm
         self.layers = layers
         self.pooling = pooling

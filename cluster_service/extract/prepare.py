@@ -19,7 +19,7 @@ class Preparer:
     """Everything tokenizer-side a shard needs; its word-piece cache grows over the shards it sees."""
 
     def __init__(self, tokenizer, max_length: int, batch_tokens: int, packing: Packing | None = None,
-                 pack_length: int = 128):
+                 pack_length: int = 64):
         self.max_length = max_length
         self.batch_tokens = batch_tokens
         self.packing = packing if packing is not None and packing.packed else None
