@@ -40,13 +40,15 @@ def run_name(model: str) -> str:
     return model.replace("/", "_").replace(":", "_")
 
 
-def check_models(models: list[str], model: str) -> None:
+def check_models(models: list[str], model: str, where: str = "[extract]") -> None:
+    """``models`` and ``model`` exclude each other; two models may not map to one run name.
+    ``where`` says where they were given (the config file's section and/or the command line)."""
     if models and model:
-        raise UserError("extract.models and extract.model (--models, --model): give one, not both")
+        raise UserError(f"{where}: models and model (--models, --model) given together; give one, not both")
     names = [run_name(m) for m in models]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
-        raise UserError(f"extract.models: {', '.join(clash)} named twice (after / and : become _)")
+        raise UserError(f"{where} models: {', '.join(clash)} named twice (after / and : become _)")
 
 
 def run_job(run: str, cfg) -> dict[str, Any]:

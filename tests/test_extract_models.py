@@ -94,6 +94,11 @@ def test_models_and_model_together_is_one_clear_error(tmp_path, capsys):
     assert cli(run_args(tmp_path / "r", path, "--model", "random:tiny-bert", "--models", "random:tiny-xlnet")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--models" in err and "--model" in err
+    job = tmp_path / "job.toml"
+    job.write_text('[extract]\nmodels = ["random:tiny-bert", "random:tiny-albert"]\nmodel = "random:tiny-bert"\n')
+    assert cli(run_args(tmp_path / "r", path, "--config", str(job))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "job.toml [extract]" in err and "models and model" in err
     assert cli(run_args(tmp_path / "r", path, "--models", "random:tiny-bert,random:no-such-shape")) == 2
     assert "random:no-such-shape" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before anything was written

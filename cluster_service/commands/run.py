@@ -53,11 +53,16 @@ def sections_from_args(args: argparse.Namespace) -> tuple[ConfigFile, dict[str, 
 
 
 def pipeline_config(args: argparse.Namespace):
+    from ..multi import check_models
     from ..pipeline import PipelineConfig
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else None
     file, flags = sections_from_args(args)
-    return PipelineConfig.from_sections(file, stages, flags)
+    cfg = PipelineConfig.from_sections(file, stages, flags)
+    given = [src for src, sec in ((file.where("extract"), file.section("extract")), ("command line", flags["extract"]))
+             if {"model", "models"} & set(sec)]
+    check_models(cfg.configs["extract"].models, cfg.configs["extract"].model, " and ".join(given) or "[extract]")
+    return cfg
 
 
 def main(args: argparse.Namespace) -> int:
