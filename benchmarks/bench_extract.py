@@ -3,21 +3,28 @@
 Modes, all on the same sentences (a token is a stored word occurrence, one row of a layer array):
   forward_only           the model's forward pass on the very batches extraction builds (no tokenizing,
                          pooling, copies or storage): the compute ceiling
+  forward_fixed_shape    (packed) one --fixed-shape batch of random ids, no mask: the model at that shape
   host_sink              the whole pipeline up to host memory (pinned, on a GPU), vectors then dropped
   host_sink_prep_in_actor  (--gpus only) the same with shards prepared inside the GPU actor's process
   disk_write             whole-shard Zarr writes of the same shape from the same number of writer threads
   full                   `extract` end to end after ingestion (tokenize, forward, pool, copy, write, fsync)
   one_sentence_baseline  forward one sentence, .cpu(), pool in numpy, write its rows (NeuroX style)
 
+forward_only and full run on each forward path (--paths padded,packed; `packed` and `pack_length` are
+part of a row's identity), with padding_fraction (pad positions / all positions computed) and
+subword_tokens_per_s (real subword positions, specials included). With --gpus, the Ray modes run the
+last path of --paths.
 roofline = min(forward_only tokens/s, write_gbps * 1e9 / bytes_per_token), quoted on the full rows.
 
     python benchmarks/bench_extract.py                          # CPU, packaged MiniLM, all layers and layer 6
+    python benchmarks/bench_extract.py --cases all --modes forward_only,full --pack-lengths 64,128,256
     python benchmarks/bench_extract.py --model random:bert-base --tokens 1500000   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -37,13 +44,14 @@ from cluster_service.demo import fetch_demo_corpus  # noqa: E402
 from cluster_service.extract.config import ExtractConfig  # noqa: E402
 from cluster_service.extract.engine import ShardComputer  # noqa: E402
 from cluster_service.extract.model import load_model, model_shape, resolve_layers  # noqa: E402
+from cluster_service.extract.packing import padding_fraction  # noqa: E402
 from cluster_service.extract.stage import extract_run, prepare_store  # noqa: E402
 from cluster_service.extract.tasks import ShardTasks  # noqa: E402
 from cluster_service.extract.worker import ExtractWorker  # noqa: E402
 from cluster_service.extract.writer import ShardWriter, create_layer_arrays  # noqa: E402
 from cluster_service.store import RunStore, shard_ranges  # noqa: E402
 
-KEYS = ("model", "gpus", "layers", "mode", "engine")
+KEYS = ("model", "gpus", "layers", "mode", "engine", "packed", "pack_length")
 
 
 def ingested(run, corpus_cfg) -> RunStore:
@@ -72,19 +80,59 @@ def make_corpus(workdir: Path, tokens: int) -> str:
     return str(path)
 
 
-def forward_only(lm, tasks, layers, cfg) -> tuple[int, float]:
-    comp = ShardComputer(lm, layers, cfg.pooling, cfg.batch_tokens)
-    batches = [b for t in tasks for b in comp.batches(t)]
-    words = sum(len(b.rows) for b in batches)
+def forward_only(variants: dict, repeats: int = 1) -> dict:
+    """The model's forward passes alone on the batches extraction builds, for each variant
+    (name -> (loaded model, ShardComputer, tasks)): passes of the variants interleaved ``repeats``
+    times and the fastest pass of each kept, so that on a shared machine a burst of load elsewhere
+    slows one pass, not one variant."""
+    prepared = {}
+    for name, (lm, comp, tasks) in variants.items():
+        batches = [b for t in tasks for b in comp.batches(t)]
+        with torch.inference_mode():
+            for b in batches[:3]:  # warm-up (kernels, allocator)
+                comp.forward(b)
+            sync(lm)
+        prepared[name] = (lm, comp, batches)
+    times: dict = {name: [] for name in variants}
     with torch.inference_mode():
-        for b in batches[:3]:  # warm-up (kernels, allocator)
-            comp.forward(b)
+        for _ in range(repeats):
+            for name, (lm, comp, batches) in prepared.items():
+                t0 = time.perf_counter()
+                for b in batches:
+                    comp.forward(b)
+                sync(lm)
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, (_, _, batches) in prepared.items():
+        sec = min(times[name])
+        words = sum(len(b.rows) for b in batches)
+        out[name] = {"tokens": words, "seconds": sec, "tokens_per_s": words / sec, "repeats": repeats,
+                     **subword_fields(batches, sec)}
+    return out
+
+
+def subword_fields(batches, seconds: float) -> dict:
+    """Real subword positions (specials included, padding not) per second, and the padding share."""
+    pad = padding_fraction(batches)
+    subwords = round(sum(b.ids.size for b in batches) * (1 - pad))
+    return {"subword_tokens": subwords, "subword_tokens_per_s": subwords / seconds, "padding_fraction": pad,
+            "batches": len(batches)}
+
+
+def forward_fixed_shape(lm, rows: int, length: int, repeats: int = 5) -> dict:
+    """One [rows, length] batch of random ids, no mask, no padding: the model's ceiling at that shape."""
+    ids = torch.randint(1000, 2000, (rows, length), device=lm.device)
+    with torch.inference_mode():
+        lm.model(input_ids=ids, output_hidden_states=True)
         sync(lm)
         t0 = time.perf_counter()
-        for b in batches:
-            comp.forward(b)
+        for _ in range(repeats):
+            lm.model(input_ids=ids, output_hidden_states=True)
         sync(lm)
-    return words, time.perf_counter() - t0
+    sec = time.perf_counter() - t0
+    n = rows * length * repeats
+    return {"tokens": n, "seconds": sec, "tokens_per_s": n / sec, "subword_tokens": n,
+            "subword_tokens_per_s": n / sec, "padding_fraction": 0.0, "shape": f"{rows}x{length}"}
 
 
 class HostSink:
@@ -185,44 +233,102 @@ def one_sentence_baseline(lm, store: RunStore, layers, pooling: str, limit_rows:
     return row, seconds
 
 
+CPU_MODES = "forward_only,host_sink,disk_write,full,one_sentence_baseline"
+
+
 def run_case(args, layers_arg: list[int], corpus: str, workdir: Path) -> list[dict]:
+    """One process on this machine's device: forward_only on each forward path (padded, and packed at
+    each --pack-lengths value) and full on each path (packed at --pack-length), interleaved and the
+    fastest of --repeats kept; the other modes once. All on the same sentences."""
+    modes = (args.modes or CPU_MODES).split(",")
     n_layers, hidden = model_shape(args.model)
     layers = resolve_layers(layers_arg, n_layers)
-    cfg = ExtractConfig(model=args.model, layers=layers_arg, engine="local", writer_threads=args.writer_threads,
-                        batch_tokens=args.batch_tokens, shard_rows=args.shard_rows, cpus_per_worker=args.threads)
     corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
-    run = workdir / f"run_{len(layers)}"
-    shutil.rmtree(run, ignore_errors=True)
-    manifest = prepare_store(ingested(run, corpus_cfg), cfg)
-    n_rows = manifest["tokens"]
-    source = ShardTasks(RunStore(run), cfg.shard_rows)
-    tasks = [source.task(s) for s in range(manifest["shards"])]
-    lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length)
-    gpus = 1 if lm.device.type == "cuda" else 0
-    machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
     bpt = len(layers) * hidden * 2
-    base = {"machine": machine, "model": args.model or "all-MiniLM-L6-v2", "device": lm.device.type, "gpus": gpus,
-            "layers": len(layers), "bytes_per_token": bpt, "engine": "local"}
-    rows = []
-    words, sec = forward_only(lm, tasks, layers, cfg)
-    fwd = words / sec
-    rows.append({**base, "mode": "forward_only", "tokens": words, "seconds": sec, "tokens_per_s": fwd})
-    sec = pipeline(str(run), cfg, layers, tasks)
-    rows.append({**base, "mode": "host_sink", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec})
-    sec, nbytes = disk_write(workdir, layers, n_rows, hidden, cfg)
-    gbps = nbytes / sec / 1e9
-    rows.append({**base, "mode": "disk_write", "tokens": n_rows, "seconds": sec, "tokens_per_s": n_rows / sec,
-                 "write_gbps": gbps, "writers": cfg.writer_threads})
-    summary = extract_run(ingested(run, corpus_cfg), cfg)
-    full = summary["tokens_per_s"]
-    roof = min(fwd, gbps * 1e9 / bpt)
-    rows.append({**base, "mode": "full", "tokens": n_rows, "seconds": summary["seconds"], "tokens_per_s": full,
-                 "write_gbps": gbps, "roofline_tokens_per_s": roof, "fraction_of_roofline": full / roof})
-    n, sec = one_sentence_baseline(lm, RunStore(run), layers, cfg.pooling, min(n_rows, args.baseline_rows), workdir)
-    rows.append({**base, "mode": "one_sentence_baseline", "tokens": n, "seconds": sec, "tokens_per_s": n / sec})
-    rows[3]["speedup_vs_one_sentence"] = full / (n / sec)
-    shutil.rmtree(run, ignore_errors=True)
-    del lm
+    paths = {}
+    for path in args.paths.split(","):
+        cfg = ExtractConfig(model=args.model, layers=layers_arg, engine="local", writer_threads=args.writer_threads,
+                            batch_tokens=args.batch_tokens, shard_rows=args.shard_rows, cpus_per_worker=args.threads,
+                            packed=path == "packed", pack_length=args.pack_length)
+        run = workdir / f"run_{len(layers)}_{path}"
+        shutil.rmtree(run, ignore_errors=True)
+        manifest = prepare_store(ingested(run, corpus_cfg), cfg)
+        source = ShardTasks(RunStore(run), cfg.shard_rows)
+        tasks = [source.task(s) for s in range(manifest["shards"])]
+        lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, packed=cfg.packed)
+        paths[path] = (cfg, run, tasks, lm)
+    cfg0, _, _, lm0 = next(iter(paths.values()))
+    n_rows = len(RunStore(next(iter(paths.values()))[1]).read_tokens(["row"]))
+    gpus = 1 if lm0.device.type == "cuda" else 0
+    machine = args.machine or (f"1x {torch.cuda.get_device_name(0)}" if gpus else "2-core CPU box")
+
+    def base(path: str | None, pack_length: int | None) -> dict:
+        return {"machine": machine, "model": args.model or "all-MiniLM-L6-v2", "device": lm0.device.type,
+                "gpus": gpus, "layers": len(layers), "bytes_per_token": bpt, "engine": "local",
+                "packed": None if path is None else path == "packed",
+                "pack_length": pack_length if path == "packed" else None, "batch_tokens": cfg0.batch_tokens}
+
+    def computer(path: str, pack_length: int) -> ShardComputer:
+        cfg, _, _, lm = paths[path]
+        return ShardComputer(lm, layers, cfg.pooling, cfg.batch_tokens, pack_length)
+
+    rows: list[dict] = []
+    if "forward_only" in modes:
+        variants = {}
+        for path, (cfg, _, tasks, lm) in paths.items():
+            for length in [int(x) for x in args.pack_lengths.split(",")] if cfg.packed else [cfg.pack_length]:
+                variants[(path, length)] = (lm, computer(path, length), tasks)
+        for (path, length), result in forward_only(variants, args.repeats).items():
+            rows.append({**base(path, length), "mode": "forward_only", **result})
+    if "forward_fixed_shape" in modes:
+        r, t = (int(x) for x in args.fixed_shape.split("x"))
+        rows.append({**base("packed", None), "mode": "forward_fixed_shape", **forward_fixed_shape(lm0, r, t)})
+    if "host_sink" in modes:
+        for path, (cfg, run, tasks, _) in paths.items():
+            sec = pipeline(str(run), cfg, layers, tasks)
+            rows.append({**base(path, cfg.pack_length), "mode": "host_sink", "tokens": n_rows, "seconds": sec,
+                         "tokens_per_s": n_rows / sec})
+    gbps = None
+    if "disk_write" in modes:  # storage does not depend on the forward path
+        sec, nbytes = disk_write(workdir, layers, n_rows, hidden, cfg0)
+        gbps = nbytes / sec / 1e9
+        rows.append({**base(None, None), "mode": "disk_write", "tokens": n_rows, "seconds": sec,
+                     "tokens_per_s": n_rows / sec, "write_gbps": gbps, "writers": cfg0.writer_threads})
+    if "full" in modes:
+        best: dict[str, float] = {}
+        for i in range(args.repeats):
+            for path, (cfg, run, _, _) in paths.items():
+                fresh = workdir / f"full_{path}_{i}"
+                shutil.copytree(run, fresh)  # tables and empty arrays: extract resumes it from scratch
+                sec = extract_run(RunStore(fresh), cfg)["seconds"]
+                shutil.rmtree(fresh, ignore_errors=True)
+                best[path] = min(best.get(path, sec), sec)
+        for path, (cfg, _, tasks, _) in paths.items():
+            sec = best[path]
+            row = {**base(path, cfg.pack_length), "mode": "full", "tokens": n_rows, "seconds": sec,
+                   "tokens_per_s": n_rows / sec, "repeats": args.repeats,
+                   **subword_fields([b for t in tasks for b in computer(path, cfg.pack_length).batches(t)], sec)}
+            fwd = next((r["tokens_per_s"] for r in rows if r["mode"] == "forward_only"
+                        and r["packed"] == row["packed"] and r["pack_length"] == row["pack_length"]), None)
+            if fwd and gbps:
+                roof = min(fwd, gbps * 1e9 / bpt)
+                row.update(write_gbps=gbps, roofline_tokens_per_s=roof, fraction_of_roofline=row["tokens_per_s"] / roof)
+            rows.append(row)
+    if "one_sentence_baseline" in modes:
+        _, run, _, lm = paths[next(iter(paths))]
+        n, sec = one_sentence_baseline(lm, RunStore(run), layers, cfg0.pooling, min(n_rows, args.baseline_rows),
+                                       workdir)
+        rows.append({**base(None, None), "mode": "one_sentence_baseline", "tokens": n, "seconds": sec,
+                     "tokens_per_s": n / sec})
+    for _, run, _, _ in paths.values():
+        shutil.rmtree(run, ignore_errors=True)
+    baseline = next((r["tokens_per_s"] for r in rows if r["mode"] == "one_sentence_baseline"), None)
+    padded = {r["mode"]: r["tokens_per_s"] for r in rows if r["packed"] is False}
+    for r in rows:
+        if r["mode"] == "full" and baseline:
+            r["speedup_vs_one_sentence"] = r["tokens_per_s"] / baseline
+        if r["packed"] and r["mode"] in padded:
+            r["speedup_vs_padded"] = r["tokens_per_s"] / padded[r["mode"]]
     return rows
 
 
@@ -285,9 +391,7 @@ def timing_fields(timing: list[dict], seconds: float) -> dict:
 
 def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts: list[int]) -> list[dict]:
     """Scaling over GPUs of one host: host_sink and full (Zarr) with Ray actors, one per GPU."""
-    modes = args.modes.split(",")
-    import dataclasses
-
+    modes = (args.modes or "host_sink,disk_write,full").split(",")
     import ray
 
     import cluster_service.extract.ray_pool as ray_pool
@@ -296,7 +400,8 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     n_layers, hidden = model_shape(args.model)
     layers = resolve_layers(layers_arg, n_layers)
     cfg = ExtractConfig(model=args.model, layers=layers_arg, engine="ray", writer_threads=args.writer_threads,
-                        batch_tokens=args.batch_tokens, shard_rows=args.shard_rows)
+                        batch_tokens=args.batch_tokens, shard_rows=args.shard_rows,
+                        packed=args.paths.split(",")[-1] == "packed", pack_length=args.pack_length)
     corpus_cfg = CorpusConfig(path=corpus, tokenizer="whitespace")
     run = workdir / "run_gpus"
     shutil.rmtree(run, ignore_errors=True)
@@ -309,7 +414,8 @@ def run_gpus(args, layers_arg: list[int], corpus: str, workdir: Path, gpu_counts
     rows: list[dict] = []
     for g in gpu_counts:
         base = {"machine": machine, "model": args.model, "device": "cuda", "gpus": g, "layers": len(layers),
-                "bytes_per_token": bpt, "engine": "ray", "in_flight": ray_pool.IN_FLIGHT}
+                "bytes_per_token": bpt, "engine": "ray", "in_flight": ray_pool.IN_FLIGHT, "packed": cfg.packed,
+                "pack_length": cfg.pack_length if cfg.packed else None}
         first = len(rows)
         for mode in ("host_sink", "host_sink_prep_in_actor"):
             if mode in modes:
@@ -361,14 +467,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0, help="with --gpus: host_sink and disk_write run for "
                     "this many steady-state seconds (host_sink repeats shards to fill them) instead of once "
                     "over the corpus; full always covers the corpus once")
-    ap.add_argument("--modes", default="host_sink,disk_write,full", help="with --gpus: which modes to run; "
-                    "host_sink_prep_in_actor is host_sink with shards prepared in the actor's own process "
-                    "(the design before preparation moved to Ray tasks)")
+    ap.add_argument("--modes", default="", help="which modes to run (default: " + CPU_MODES + "; with --gpus "
+                    "host_sink,disk_write,full); host_sink_prep_in_actor (--gpus) is host_sink with shards prepared "
+                    "in the actor's own process (the design before preparation moved to Ray tasks); "
+                    "forward_fixed_shape (packed path) times one --fixed-shape batch without padding")
+    ap.add_argument("--paths", default="padded,packed", help="forward paths to measure: padded and/or packed")
+    ap.add_argument("--pack-length", type=int, default=ExtractConfig.pack_length,
+                    help="subwords per packed row for the pipeline modes")
+    ap.add_argument("--pack-lengths", default="", help="pack lengths forward_only tries (default: --pack-length)")
+    ap.add_argument("--repeats", type=int, default=1, help="forward_only passes and full runs per path, "
+                    "interleaved between the paths (the fastest counts)")
+    ap.add_argument("--fixed-shape", default="64x256", help="ROWSxLENGTH of the forward_fixed_shape batch")
     ap.add_argument("--in-flight", type=int, default=0, help="with --gpus: shards in flight per actor "
                     "(default: the extract stage's IN_FLIGHT)")
     ap.add_argument("--gpus", default="", help="GPU counts for the Ray scaling runs, e.g. 1,2,4 (host_sink, "
                     "disk_write, full per count; replaces the single-process modes)")
     args = ap.parse_args()
+    args.pack_lengths = args.pack_lengths or str(args.pack_length)
     if args.in_flight:
         import cluster_service.extract.ray_pool as ray_pool
 
@@ -384,7 +499,8 @@ def main() -> None:
         else:
             rows += run_case(args, layers, corpus, workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    print_table(rows, ["machine", "model", "gpus", "layers", "mode", "tokens", "seconds", "tokens_per_s", "write_gbps",
+    print_table(rows, ["machine", "model", "gpus", "layers", "mode", "packed", "pack_length", "tokens", "seconds",
+                       "tokens_per_s", "subword_tokens_per_s", "padding_fraction", "speedup_vs_padded", "write_gbps",
                        "roofline_tokens_per_s", "fraction_of_roofline", "speedup_vs_one_sentence",
                        "write_fraction_of_disk", "scaling_vs_1_gpu", "actor_prep_fraction", "actor_model_fraction",
                        "actor_write_wait_fraction"])

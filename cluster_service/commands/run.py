@@ -5,7 +5,8 @@ every layer with the packaged MiniLM on a local Ray, clusters each layer into K=
 approximate Ward, labels them with the offline baseline labeller, and prints where the results are.
 Each stage resumes, so rerunning the same command after an interruption finishes the job without
 redoing finished work. Stage flags are prefixed: --corpus-*, --cluster-*, --annotate-*; extract's
-flags have no prefix.
+flags have no prefix. --models A,B runs every stage per model into sibling runs RUN/<model>/ after one
+shared ingestion; --keep-activations frees each run's activations once its stages are done.
 """
 
 from __future__ import annotations
@@ -54,22 +55,31 @@ def sections_from_args(args: argparse.Namespace) -> tuple[ConfigFile, dict[str, 
 
 
 def pipeline_config(args: argparse.Namespace):
+    from ..multi import check_models
     from ..pipeline import PipelineConfig
 
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip()) if args.stages else None
     file, flags = sections_from_args(args)
-    return PipelineConfig.from_sections(file, stages, flags)
+    cfg = PipelineConfig.from_sections(file, stages, flags)
+    given = [src for src, sec in ((file.where("extract"), file.section("extract")), ("command line", flags["extract"]))
+             if {"model", "models"} & set(sec)]
+    check_models(cfg.configs["extract"].models, cfg.configs["extract"].model, " and ".join(given) or "[extract]")
+    return cfg
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..pipeline import run_pipeline
+    from ..multi import run_job, run_name
     from .info import summarize
 
-    summary = run_pipeline(args.run, pipeline_config(args))
+    cfg = pipeline_config(args)
+    summary = run_job(args.run, cfg)
     store = RunStore(args.run)
-    print(json.dumps(summarize(store), indent=2))
+    models = cfg.configs["extract"].models
+    runs = [RunStore(store.where(run_name(m))) for m in models] or [store]
+    print(json.dumps({r.where(): summarize(r) for r in runs} if models else summarize(store), indent=2))
     local = store.local_path()
     print(f"results: {local.resolve() if local else store.where()}")
-    if "report" in summary:
-        print(f"report: {summary['report']['index']}")
+    for one in summary.get("models", {}).values() or [summary]:
+        if "report" in one:
+            print(f"report: {one['report']['index']}")
     return 0

@@ -6,7 +6,8 @@ from .config import ExtractConfig
 STAGE = Stage(
     name="extract", config=ExtractConfig, section="extract",
     reads=("tokens.parquet", "sentences.parquet", "run.json: tokens"),
-    writes=("activations.zarr/layer_{L}", "extract_done/shard_{i}", "run.json: config.extract, model, layers, shards"),
+    writes=("activations.zarr/layer_{L}", "extract_done/shard_{i}",
+            "run.json: config.extract, model, layers, shards, stages.extract.forward"),
     entry="cluster_service.extract.stage:extract_run",
     check="cluster_service.extract.stage:extract_check",
 )

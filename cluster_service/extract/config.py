@@ -13,13 +13,33 @@ class ExtractConfig:
     """How activations are computed and stored."""
 
     model: str = ""
-    """Hugging Face model name or local path; empty means the packaged all-MiniLM-L6-v2 (loads offline)."""
+    """Hugging Face model name or local path; empty (or all-MiniLM-L6-v2) means the packaged
+    all-MiniLM-L6-v2 (loads offline); random:<shape> an untrained network (random:bert-base-cased,
+    random:roberta-base, random:xlm-roberta-base, random:albert-base-v2, random:xlnet-base-cased,
+    random:tiny-<arch> ...)."""
+    models: list[str] = field(default_factory=list)
+    """Several models in one job (`run` only): the whole pipeline once per model, each into a sibling
+    run RUN/<model with / and : as _>/, all sharing one ingestion; an error together with model."""
+    keep_activations: Literal["all", "clustered-layers", "none"] = "all"
+    """Storage budget (`run` only): once a run's pipeline is done, keep every layer's activations
+    (all), only the clustered layers' (clustered-layers) or none; done-markers stay, a rerun with the
+    same budget skips the freed run, and a rerun with --keep-activations all re-extracts them."""
     layers: list[int] = field(default_factory=list)
     """Layers to store, 0 = embeddings as in hidden_states; empty or 'all' means every layer."""
     pooling: Literal["first", "last", "mean"] = "last"
     """How a word's subword vectors become one vector: first, last (NeuroX's default) or mean."""
     batch_tokens: PositiveInt = 16384
-    """Padded subword tokens per forward batch; sequences are sorted by length to limit padding."""
+    """Subword positions (padding included) per forward batch; sequences are sorted by length to limit padding."""
+    packed: bool = True
+    """Pack several sentences (or windows) into each sequence row, position ids restarting per sentence
+    and attention kept inside each sentence (a block-diagonal mask, causal within a sentence for
+    decoders), so almost no compute goes to padding; vectors equal the padded path's within float16
+    tolerance. Models whose attention cannot be packed (XLNet, DeBERTa) run padded; run.json's
+    `forward` says which path ran. --no-packed pads every sequence to its batch's longest."""
+    pack_length: PositiveInt = 64
+    """Subword positions per packed row (a sequence longer than this gets a row of its own). Attention
+    costs grow with the row: on a 2-core CPU (MiniLM) 64 ran 1.5x the padded path's forward passes and
+    128 or 256 slower than it; GPUs may gain from longer rows (bench_extract.py --pack-lengths)."""
     max_length: NonNegativeInt = 0
     """Longest subword sequence per forward pass, specials included; 0 = the model's maximum. Longer
     sentences are split into overlapping windows, never truncated."""

@@ -1,5 +1,9 @@
 """The compute core: batches through the model, subwords pooled to words on the device.
 
+Packed batches (``packing``) reach the model with restarted position ids and a block-diagonal mask
+built on the device from one segment id per position (a [B, T, T] mask would be T times the data
+to ship).
+
 Pooling happens where the hidden states are (the GPU when there is one), and only the pooled word
 vectors of the requested layers ever leave it, once per shard. On a GPU the shard buffer is copied to
 pinned host memory on a side stream, so the next shard's forward passes overlap the copy (a
@@ -11,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .model import LoadedModel
+from .packing import block_mask
 from .prepare import Preparer
 from .sequences import Batch, ShardTask
 
@@ -18,11 +23,12 @@ from .sequences import Batch, ShardTask
 class ShardComputer:
     """Holds a loaded model; turns a ShardTask into a [layers, rows, hidden] float16 tensor."""
 
-    def __init__(self, lm: LoadedModel, layers: list[int], pooling: str, batch_tokens: int):
+    def __init__(self, lm: LoadedModel, layers: list[int], pooling: str, batch_tokens: int, pack_length: int = 64):
         self.lm = lm
         self.layers = layers
         self.pooling = pooling
-        self.preparer = Preparer(lm.tokenizer, lm.max_length, batch_tokens)
+        self.preparer = Preparer(lm.tokenizer, lm.max_length, batch_tokens, lm.packing, pack_length)
+        self.mask_dtype = lm.dtype if lm.additive_mask else None
 
     def batches(self, task: ShardTask) -> list[Batch]:
         """CPU-only preparation; safe to run in another thread while the model computes."""
@@ -37,8 +43,13 @@ class ShardComputer:
 
     @torch.inference_mode()
     def forward(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        out = self.lm.model(input_ids=self._tensor(batch.ids), attention_mask=self._tensor(batch.mask),
-                            output_hidden_states=True)
+        if batch.segments is None:
+            out = self.lm.model(input_ids=self._tensor(batch.ids), attention_mask=self._tensor(batch.mask),
+                                output_hidden_states=True)
+        else:  # packed: the mask is built where attention runs, from one int per position
+            mask = block_mask(self._tensor(batch.segments), self.lm.packing.causal, self.mask_dtype)
+            out = self.lm.model(input_ids=self._tensor(batch.ids), attention_mask=mask,
+                                position_ids=self._tensor(batch.positions), output_hidden_states=True)
         return out.hidden_states
 
     @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""From sentences of words to padded subword batches, with windows for sentences too long for the model.
+"""From sentences of words to subword sequences and padded batches (packed ones: ``packing``), with
+windows for sentences too long for the model.
 
 A shard's sentences are tokenized in one batched call as pre-split words, so each word's subwords
 are known. A sentence longer than the model allows is cut into half-overlapping windows of whole
@@ -62,11 +63,16 @@ class ShardPlan:
 
 @dataclass
 class Batch:
-    ids: np.ndarray  # [B, T] padded
-    mask: np.ndarray  # [B, T]
+    """One forward pass: padded (one sequence per row, ``mask``) or packed (several per row, with
+    ``positions`` restarting per sequence and ``segments`` naming each position's sequence)."""
+
+    ids: np.ndarray  # [B, T]
+    mask: np.ndarray | None  # [B, T] 1 = subword, 0 = padding; None when packed
     rows: np.ndarray  # [w] shard rows this batch fills
     first: np.ndarray  # [w] flat index (b*T + t) of each row's first subword
     last: np.ndarray  # [w] flat index of its last subword
+    positions: np.ndarray | None = None  # [B, T] position ids (packed only)
+    segments: np.ndarray | None = None  # [B, T] index of the position's sequence in its row, -1 = padding
 
     def mean_segments(self) -> tuple[np.ndarray, np.ndarray]:
         """Flat indices of every subword of every row, and the row-in-batch each belongs to."""
@@ -255,21 +261,32 @@ def build_plan(task: ShardTask, pieces_of: WordPieces, prefix: list[int], suffix
     return ShardPlan(np.concatenate(extra_ids), seq_start, row_seq, row_a, row_b)
 
 
-def make_batches(plan: ShardPlan, batch_tokens: int, pad_id: int) -> list[Batch]:
-    """Sort sequences by length and fill batches up to ``batch_tokens`` padded positions."""
-    lengths = plan.lengths
+def padded_width(length: int) -> int:
+    return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def group_by_width(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    """Units (sequences, or packed rows) sorted by length and cut into batches of at most
+    ``batch_tokens`` padded positions (a unit wider than that is a batch of its own)."""
     order = np.argsort(lengths, kind="stable")
     groups: list[np.ndarray] = []
     start = 0
     for i in range(len(order)):
-        width = -(-int(lengths[order[i]]) // PAD_MULTIPLE) * PAD_MULTIPLE  # the widest so far: sorted
+        width = padded_width(int(lengths[order[i]]))  # the widest so far: sorted
         if i > start and (i - start + 1) * width > batch_tokens:
             groups.append(order[start:i])
             start = i
     if len(order):
         groups.append(order[start:])
-    batch_of_seq = np.empty(len(order), dtype=np.int64)
-    slot_of_seq = np.empty(len(order), dtype=np.int64)
+    return groups
+
+
+def make_batches(plan: ShardPlan, batch_tokens: int, pad_id: int) -> list[Batch]:
+    """Sort sequences by length and fill batches up to ``batch_tokens`` padded positions."""
+    lengths = plan.lengths
+    groups = group_by_width(lengths, batch_tokens)
+    batch_of_seq = np.empty(len(lengths), dtype=np.int64)
+    slot_of_seq = np.empty(len(lengths), dtype=np.int64)
     for g, seqs in enumerate(groups):
         batch_of_seq[seqs] = g
         slot_of_seq[seqs] = np.arange(len(seqs))
@@ -279,7 +296,7 @@ def make_batches(plan: ShardPlan, batch_tokens: int, pad_id: int) -> list[Batch]
     out = []
     for g, seqs in enumerate(groups):
         lens = lengths[seqs]
-        width = -(-int(lens.max()) // PAD_MULTIPLE) * PAD_MULTIPLE
+        width = padded_width(int(lens.max()))
         ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
         mask = np.zeros((len(seqs), width), dtype=np.int64)
         b_of_tok = np.repeat(np.arange(len(seqs)), lens)

@@ -19,15 +19,19 @@ from ..logs import log_event
 from ..progress import progress_bar
 from ..store import ACTIVATIONS, DONE, TOKENS, RunStore, shard_ranges
 from .config import ExtractConfig
-from .model import model_shape, resolve_layers, resolve_model_name
+from .model import load_config_only, model_shape, resolve_layers, resolve_model_name
+from .packing import packing_for
 from .tasks import ShardTasks
 from .writer import create_layer_arrays, done_shards
 
 log = logging.getLogger("cluster_service.extract")
+FREED = "activations_freed"  # run.json: layers whose activations --keep-activations freed
 
 # fields that may differ between a run and its resume without changing a stored byte
 _RUNTIME_FIELDS = {"engine", "workers", "cpus_per_worker", "writer_threads", "address", "device",
-                   "batch_tokens"}
+                   "batch_tokens", "pack_length", "models", "keep_activations"}
+#: values of fields added later, as every run made before them had it
+_BEFORE_FIELDS = {"packed": False}
 
 
 def package_versions() -> dict[str, str]:
@@ -52,11 +56,20 @@ def extract_check(cfg: ExtractConfig) -> None:
     resolve_layers(cfg.layers, n_layers)
 
 
+def forward_path(cfg: ExtractConfig) -> dict[str, Any]:
+    """Which forward path the workers run (packed, or padded and why), as run.json records it: the
+    same decision every worker makes from the model's config."""
+    return packing_for(load_config_only(cfg.model, cfg.trust_remote_code), cfg.packed).record(cfg.pack_length)
+
+
 def prepare_store(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
     """Create the layer arrays of an ingested run, or check that they were made by the same configuration.
 
     The extract config is recorded in run.json only after the arrays exist, so a run killed before that
     starts its arrays again from scratch; a recorded one resumes shard by shard."""
+    if cfg.models:
+        raise UserError("extract.models (--models): several models run through `cluster-service run --models`; "
+                        "one run store holds one model (--model)")
     if not store.exists() or not store.has(TOKENS):
         raise UserError(f"{store.where(TOKENS)}: missing; run `cluster-service ingest {store.where()}` "
                         "(or `extract` with --corpus-* flags) first")
@@ -64,11 +77,12 @@ def prepare_store(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
     wanted = _stored_config(cfg)
     have = manifest.get("config", {}).get("extract")
     if have is not None:
+        have = {**_BEFORE_FIELDS, **have}
         diffs = [f"extract.{k}: stored {have.get(k)!r}, asked {v!r}" for k, v in wanted.items() if have.get(k) != v]
         if diffs:
             raise UserError(f"{store.where()}: exists with another configuration ({'; '.join(diffs)}); "
                             "use a new run directory")
-        return manifest
+        return restore_freed(store, manifest, cfg)
     n_layers, hidden = model_shape(cfg.model, cfg.trust_remote_code)
     layers = resolve_layers(cfg.layers, n_layers)
     n_rows = manifest["tokens"]
@@ -89,6 +103,19 @@ def prepare_store(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
     return manifest
 
 
+def restore_freed(store: RunStore, manifest: dict[str, Any], cfg: ExtractConfig) -> dict[str, Any]:
+    """A run whose activations were freed (``--keep-activations``) gets its freed layers' arrays back
+    and every shard is computed again; the other layers are rewritten with the same bytes."""
+    freed = manifest.get(FREED)
+    if not freed:
+        return manifest
+    _, hidden = model_shape(cfg.model, cfg.trust_remote_code)
+    store.remove(DONE)
+    create_layer_arrays(store, freed["layers"], manifest["tokens"], hidden, manifest["shard_rows"], cfg.chunk_rows)
+    log_event(log, "re-extracting freed activations", run=store.where(), layers=freed["layers"])
+    return manifest
+
+
 def extract_run(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
     """Extract every requested layer of an ingested run, resuming shard by shard. Returns a summary."""
     manifest = prepare_store(store, cfg)
@@ -100,8 +127,10 @@ def extract_run(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     rows_todo = sum(ranges[i][1] - ranges[i][0] for i in todo)
     stats: dict[str, Any] = {}
+    forward = forward_path(cfg)
     if todo:
-        store.set_stage("extract", "running")
+        store.set_stage("extract", "running", forward=forward)
+        log_event(log, "extract forward path", **forward)
         tasks = ShardTasks(store, manifest["shard_rows"])
         if cfg.engine == "local":
             run_local(store, cfg, layers, tasks, todo, rows_todo)
@@ -114,7 +143,9 @@ def extract_run(store: RunStore, cfg: ExtractConfig) -> dict[str, Any]:
         raise RuntimeError(f"extract: shards {missing[:10]} were not completed")
     seconds = time.perf_counter() - t0
     store.set_stage("extract", "done", shards=len(ranges))
-    summary = {"run": store.where(), "tokens": manifest["tokens"], "layers": layers,
+    if manifest.get(FREED):
+        store.update_manifest(lambda m: m.pop(FREED, None))
+    summary = {"run": store.where(), "tokens": manifest["tokens"], "layers": layers, "forward": forward,
                "shards_computed": len(todo), "rows_computed": rows_todo, "seconds": round(seconds, 3),
                "tokens_per_s": round(rows_todo / seconds, 1) if todo and seconds else None, **stats}
     log_event(log, "extract done", **{k: v for k, v in summary.items() if k != "worker_timing"})

@@ -36,8 +36,8 @@ class ExtractWorker:
         if threads:
             torch.set_num_threads(threads)
         self.cfg = cfg
-        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, cfg.trust_remote_code)
-        self.computer = ShardComputer(self.lm, layers, cfg.pooling, cfg.batch_tokens)
+        self.lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.max_length, cfg.trust_remote_code, cfg.packed)
+        self.computer = ShardComputer(self.lm, layers, cfg.pooling, cfg.batch_tokens, cfg.pack_length)
         self.writer = sink(RunStore(run_dir), layers)
         n_writers = max(1, cfg.writer_threads)
         self.pool = ThreadPoolExecutor(max_workers=n_writers, thread_name_prefix="zarr-writer")
@@ -56,7 +56,8 @@ class ExtractWorker:
             self.host_buffers: queue.Queue = queue.Queue()
             for _ in range(n_writers + 1):
                 self.host_buffers.put(None)  # allocated lazily at the shard size seen
-        log_event(log, "worker ready", pid=os.getpid(), device=str(self.lm.device), dtype=str(self.lm.dtype))
+        log_event(log, "worker ready", pid=os.getpid(), device=str(self.lm.device), dtype=str(self.lm.dtype),
+                  forward="packed" if self.lm.packing.packed else "padded")
 
     def pid(self) -> int:
         return os.getpid()
