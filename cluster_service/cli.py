@@ -10,7 +10,7 @@ import sys
 from .errors import StageFailed, UserError
 
 #: Verb modules under cluster_service.commands, in the order --help lists them.
-VERBS = ("ingest", "extract", "cluster", "annotate", "run", "info", "submit", "status", "logs")
+VERBS = ("ingest", "extract", "cluster", "annotate", "analyze", "run", "info", "submit", "status", "logs")
 
 
 def build_parser() -> argparse.ArgumentParser:

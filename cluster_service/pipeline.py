@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .analysis import STAGE as ANALYZE
 from .annotate import STAGE as ANNOTATE
 from .cluster import STAGE as CLUSTER
 from .configs import ConfigFile, build
@@ -27,7 +28,7 @@ log = logging.getLogger("cluster_service.pipeline")
 DEMO_SENTENCES = 3000
 
 #: every stage, in the order data flows through them
-STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE)
+STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE, ANALYZE)
 #: config file sections a job file may hold (a misspelt one is an error, not silently ignored)
 SECTIONS = ("stages", *(s.section for s in STAGES))
 DEFAULT_STAGES = tuple(s.name for s in STAGES)

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 
+from ..analysis.config import AnalyzeConfig
 from ..annotate.config import AnnotateConfig
 from ..cluster.config import ClusterConfig
 from ..configs import ConfigFile, add_dataclass_arguments, load_config_file
@@ -23,7 +24,8 @@ from ..store import RunStore
 
 DEMO_RUN = "runs/demo"
 SECTIONS = (("corpus", CorpusConfig, "corpus-"), ("extract", ExtractConfig, ""),
-            ("cluster", ClusterConfig, "cluster-"), ("annotate", AnnotateConfig, "annotate-"))
+            ("cluster", ClusterConfig, "cluster-"), ("annotate", AnnotateConfig, "annotate-"),
+            ("analyze", AnalyzeConfig, "analyze-"))
 
 
 def register(sub) -> None:
