@@ -21,6 +21,19 @@ from .neurons import concept_sums
 _ASSIGNMENTS = re.compile(r"assignments_k(\d+)\.npy")
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def optional_bar(total: int, desc: str, unit: str, show: bool):
+    """A progress bar, or nothing at all with ``--no-progress``."""
+    return progress_bar(total, desc, unit) if show else _NoBar()
+
+
 def assignments_name(k: int) -> str:
     return f"assignments_k{k}.npy"
 
@@ -114,8 +127,7 @@ class LayerInputs:
         sums = counts = None
         sq = np.zeros(source.d, dtype=np.float64)
         ranges = shard_ranges(source.n, source.shard)
-        bar = progress_bar(len(ranges), f"read layer {self.layer}", "shard")
-        bar.disable = not self.progress
+        bar = optional_bar(len(ranges), f"read layer {self.layer}", "shard", self.progress)
         for lo, hi in ranges:
             block = source.read(lo, hi, None)
             out[lo:hi] = block

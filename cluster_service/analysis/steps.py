@@ -19,11 +19,10 @@ import pyarrow as pa
 
 from ..annotate import labels as labelfiles
 from ..errors import UserError
-from ..progress import progress_bar
 from ..store import RunStore
 from . import align, layers, neurons, probe, score, stability
 from .config import AnalyzeConfig
-from .inputs import LayerInputs, clustered_ks, has_assignments, read_assignments
+from .inputs import LayerInputs, clustered_ks, has_assignments, optional_bar, read_assignments
 
 TAGS_KEY = "analysis/tags.parquet"
 VERSION = 1
@@ -51,9 +50,7 @@ def _median(values) -> float | None:
 
 
 def _bar(total: int, desc: str, unit: str, cfg: AnalyzeConfig):
-    bar = progress_bar(total, desc, unit)
-    bar.disable = not cfg.progress
-    return bar
+    return optional_bar(total, desc, unit, cfg.progress)
 
 
 # ---- probe ---------------------------------------------------------------------------------------
