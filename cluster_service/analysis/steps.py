@@ -62,7 +62,6 @@ def _probe_settings(cfg: AnalyzeConfig) -> probe.ProbeSettings:
 def run_probe(inp: LayerInputs, cfg: AnalyzeConfig) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     x = torch.from_numpy(inp.vectors)
     mean, std = inp.scale
     scale = (torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(std.astype(np.float32)))
