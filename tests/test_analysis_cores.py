@@ -149,3 +149,13 @@ def test_examples_mix_members_random_and_hard_nonmembers():
     assert len(set(rows)) == 40 and sum(s.member for s in shown) == 20
     assert all((a[s.row] == 0) == s.member for s in shown)
     assert sum(a[s.row] == 1 for s in shown) >= 10  # half the non-members are hard (the sibling)
+
+
+def test_probeless_in_standard_units_is_not_led_by_wide_neurons():
+    x, a, _ = planted()
+    x[:, 0] *= 500.0  # a wide neuron that carries nothing
+    sums, counts = neurons.concept_sums(x, a, 5)
+    std = x.std(axis=0)
+    assert neurons.top_neurons(neurons.probeless(sums, counts), 1)[0, 0] == 0  # raw: the wide neuron leads
+    assert neurons.top_neurons(neurons.probeless(sums, counts, std), 1)[2, 0] == 7
+    assert neurons.top_neurons(neurons.probeless(sums, counts, std), 1)[0, 0] != 0

@@ -30,12 +30,15 @@ def _add_sorted(sums: np.ndarray, x: np.ndarray, assignments: np.ndarray) -> Non
     sums[ids[starts]] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
 
 
-def probeless(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """|mean activation inside the concept − mean outside| per concept and neuron (float64 [K, D])."""
+def probeless(sums: np.ndarray, counts: np.ndarray, std: np.ndarray | None = None) -> np.ndarray:
+    """|mean activation inside the concept − mean outside| per concept and neuron (float64 [K, D]), in
+    units of each neuron's standard deviation when ``std`` is given: raw differences rank a layer's few
+    outlier neurons (of large range) first for every concept, and the probes see standardized neurons."""
     total, n = sums.sum(axis=0), counts.sum()
     inside = sums / np.maximum(counts, 1)[:, None]
     outside = (total[None, :] - sums) / np.maximum(n - counts, 1)[:, None]
-    return np.abs(inside - outside)
+    diff = np.abs(inside - outside)
+    return diff if std is None else diff / np.maximum(std, 1e-12)[None, :]
 
 
 def top_neurons(scores: np.ndarray, n: int) -> np.ndarray:

@@ -119,20 +119,35 @@ Scale = tuple[torch.Tensor, torch.Tensor] | None
 
 def _rows(x: torch.Tensor, idx: torch.Tensor, scale: Scale) -> torch.Tensor:
     """Rows of ``x`` as float32, standardized per neuron when ``scale`` (mean, std) is given."""
-    rows = x[idx].float()
+    rows = torch.index_select(x, 0, idx).float()
     return rows if scale is None else (rows - scale[0]) / scale[1]
 
 
+@torch.no_grad()
 def train_probes(x: torch.Tensor, pairs: Pairs, n_probes: int, cfg: ProbeSettings, scale: Scale = None,
                  progress=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train every probe; returns weights [P, D], biases [P] and accuracy [P, 3] (train, dev, test; NaN
     for a probe with no pair in a split). ``x``: the layer's vectors (any float dtype), standardized per
-    neuron with ``scale`` so weight mass compares neurons of different ranges."""
+    neuron with ``scale`` so weight mass compares neurons of different ranges.
+
+    The gradient of the mean binary cross-entropy (plus the elastic net) is written out rather than left
+    to autograd: per step it is one gather of the batch rows and two ``index_add`` into the probes'
+    rows, which keeps a step's cost proportional to the rows in it. It runs on one thread: the steps are
+    many small operations, which torch's thread pool slows down (14× on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(x, pairs, n_probes, cfg, scale, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(x: torch.Tensor, pairs: Pairs, n_probes: int, cfg: ProbeSettings, scale: Scale,
+           progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d = x.shape[1]
-    w = torch.zeros(n_probes, d, requires_grad=True)
-    b = torch.zeros(n_probes, requires_grad=True)
-    state = [torch.zeros(n_probes, d), torch.zeros(n_probes, d), torch.zeros(n_probes), torch.zeros(n_probes)]
-    steps = torch.zeros(n_probes)
+    w = torch.zeros(n_probes, d)
+    b = torch.zeros(n_probes)
+    state = _AdamState(n_probes, d)
     train = np.flatnonzero(pairs.split == TRAIN)
     t_tok, t_probe = torch.from_numpy(pairs.token[train]), pairs.probe[train]
     t_target = torch.from_numpy(pairs.target[train])
@@ -146,25 +161,54 @@ def train_probes(x: torch.Tensor, pairs: Pairs, n_probes: int, cfg: ProbeSetting
         for s in range(n_steps):
             lens = np.clip(counts - s * cfg.batch, 0, cfg.batch)
             active = np.flatnonzero(lens)
-            idx = order[_ranges(offsets[active] + s * cfg.batch, lens[active])]
-            p = torch.from_numpy(t_probe[idx])
-            xb = _rows(x, t_tok[idx], scale)
-            logits = (xb * w[p]).sum(1) + b[p]
-            per_pair = torch.nn.functional.binary_cross_entropy_with_logits(logits, t_target[idx], reduction="none")
-            weight = torch.from_numpy(1.0 / lens[t_probe[idx]]).float()
-            loss = (per_pair * weight).sum()
+            idx = torch.from_numpy(order[_ranges(offsets[active] + s * cfg.batch, lens[active])])
+            probe_np = t_probe[idx.numpy()]
+            p = torch.from_numpy(probe_np)
+            xb = _rows(x, torch.index_select(t_tok, 0, idx), scale)
+            logits = (xb * torch.index_select(w, 0, p)).sum(1) + torch.index_select(b, 0, p)
+            # d(mean BCE)/d(logit), each probe's loss averaged over its own batch
+            g = (torch.sigmoid(logits) - torch.index_select(t_target, 0, idx)) / torch.from_numpy(
+                lens[probe_np].astype(np.float32))
             a = torch.from_numpy(active)
+            # the batch holds each active probe's rows contiguously: its gradient is a segment sum
+            starts = np.concatenate([[0], np.cumsum(lens[active])[:-1]])
+            gw = torch.from_numpy(np.add.reduceat((xb * g[:, None]).numpy(), starts, axis=0))
+            gb = torch.from_numpy(np.add.reduceat(g.numpy(), starts))
+            wa = torch.index_select(w, 0, a)
             if cfg.l1:
-                loss = loss + cfg.l1 * w[a].abs().sum()
+                gw += cfg.l1 * torch.sign(wa)
             if cfg.l2:
-                loss = loss + cfg.l2 * (w[a] ** 2).sum()
-            w.grad = b.grad = None
-            loss.backward()
-            _adam_rows(w, b, state, steps, a, cfg.lr)
+                gw += 2 * cfg.l2 * wa
+            state.step(w, b, a, wa, gw, gb, cfg.lr)
         if progress is not None:
             progress.update(1)
-    weights, bias = w.detach(), b.detach()
-    return weights.numpy(), bias.numpy(), accuracy(x, pairs, weights, bias, n_probes, scale)
+    return w.numpy(), b.numpy(), accuracy(x, pairs, w, b, n_probes, scale)
+
+
+class _AdamState:
+    """Adam (torch's defaults) applied to some rows only: each probe counts its own steps, and a probe
+    with no batch in a step is left exactly as it is."""
+
+    def __init__(self, n: int, d: int, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        self.m_w, self.v_w = torch.zeros(n, d), torch.zeros(n, d)
+        self.m_b, self.v_b = torch.zeros(n), torch.zeros(n)
+        self.t = torch.zeros(n)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+
+    def step(self, w: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, w_rows: torch.Tensor,
+             gw: torch.Tensor, gb: torch.Tensor, lr: float) -> None:
+        b1, b2 = self.beta1, self.beta2
+        t = torch.index_select(self.t, 0, rows) + 1
+        self.t.index_copy_(0, rows, t)
+        c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+        for param, current, m, v, g, shape in ((w, w_rows, self.m_w, self.v_w, gw, (-1, 1)),
+                                               (b, torch.index_select(b, 0, rows), self.m_b, self.v_b, gb, (-1,))):
+            m_new = b1 * torch.index_select(m, 0, rows) + (1 - b1) * g
+            v_new = b2 * torch.index_select(v, 0, rows) + (1 - b2) * g * g
+            m.index_copy_(0, rows, m_new)
+            v.index_copy_(0, rows, v_new)
+            update = lr * (m_new / c1.view(shape)) / ((v_new / c2.view(shape)).sqrt() + self.eps)
+            param.index_copy_(0, rows, current - update)
 
 
 def _mix(tokens: np.ndarray, epoch: int, seed: int) -> np.ndarray:
@@ -183,22 +227,6 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _adam_rows(w: torch.Tensor, b: torch.Tensor, state: list[torch.Tensor], steps: torch.Tensor,
-               rows: torch.Tensor, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
-    """Adam (torch's defaults) on the given rows only: each probe counts its own steps."""
-    m_w, v_w, m_b, v_b = state
-    steps[rows] += 1
-    t = steps[rows]
-    c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
-    for param, m, v, shape in ((w, m_w, v_w, (-1, 1)), (b, m_b, v_b, (-1,))):
-        g = param.grad[rows]
-        m[rows] = beta1 * m[rows] + (1 - beta1) * g
-        v[rows] = beta2 * v[rows] + (1 - beta2) * g * g
-        step = lr * (m[rows] / c1.view(shape)) / ((v[rows] / c2.view(shape)).sqrt() + eps)
-        param[rows] -= step
-
-
-@torch.no_grad()
 def accuracy(x: torch.Tensor, pairs: Pairs, w: torch.Tensor, b: torch.Tensor, n_probes: int,
              scale: Scale = None, chunk: int = 65536) -> np.ndarray:
     correct = np.zeros((n_probes, 3))
@@ -206,7 +234,7 @@ def accuracy(x: torch.Tensor, pairs: Pairs, w: torch.Tensor, b: torch.Tensor, n_
     for lo in range(0, len(pairs.token), chunk):
         sl = slice(lo, lo + chunk)
         p = torch.from_numpy(pairs.probe[sl])
-        logits = (_rows(x, torch.from_numpy(pairs.token[sl]), scale) * w[p]).sum(1) + b[p]
+        logits = (_rows(x, torch.from_numpy(pairs.token[sl]), scale) * torch.index_select(w, 0, p)).sum(1) + b[p]
         right = ((logits > 0).numpy() == (pairs.target[sl] > 0.5)).astype(np.float64)
         flat = pairs.probe[sl] * 3 + pairs.split[sl]
         correct += np.bincount(flat, weights=right, minlength=3 * n_probes).reshape(n_probes, 3)

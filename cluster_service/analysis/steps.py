@@ -25,7 +25,7 @@ from .config import AnalyzeConfig
 from .inputs import LayerInputs, clustered_ks, has_assignments, optional_bar, read_assignments
 
 TAGS_KEY = "analysis/tags.parquet"
-VERSION = 1
+VERSION = 2
 
 
 def folder(layer: int, k: int) -> str:
@@ -86,7 +86,8 @@ def run_probe(inp: LayerInputs, cfg: AnalyzeConfig) -> tuple[dict[str, pa.Table]
 def run_neurons(inp: LayerInputs, cfg: AnalyzeConfig) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     sums, counts = inp.sums
     n = cfg.top_neurons
-    scores = neurons.probeless(sums, counts)
+    std = inp.scale[1]
+    scores = neurons.probeless(sums, counts, std)
     top = neurons.top_neurons(scores, n)
     columns: dict[str, Any] = {
         "concept": pa.array(np.arange(inp.k), pa.int32()), "size": pa.array(counts, pa.int64()),
@@ -106,7 +107,7 @@ def run_neurons(inp: LayerInputs, cfg: AnalyzeConfig) -> tuple[dict[str, pa.Tabl
     if inp.parent is not None:
         k_parent = int(inp.parent.max()) + 1
         psums, pcounts = neurons.parent_sums(sums, counts, inp.parent, k_parent)
-        ptop = neurons.top_neurons(neurons.probeless(psums, pcounts), n)
+        ptop = neurons.top_neurons(neurons.probeless(psums, pcounts, std), n)
         shared = neurons.overlap(top, ptop[inp.parent])
         columns["parent"] = pa.array(inp.parent, pa.int32())
         columns["parent_overlap"] = shared
