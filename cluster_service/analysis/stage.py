@@ -87,6 +87,8 @@ def analyze_table(store: RunStore, layer: int, k: int, cfg: AnalyzeConfig) -> di
     inp = LayerInputs(store, layer, k, cfg.progress)
     summary_key = f"{folder(layer, k)}/summary.json"
     summary: dict[str, Any] = json.loads(store.read_bytes(summary_key)) if store.has(summary_key) else {}
+    if summary.get("concepts_settings") != inp.concepts_key:
+        summary = {}  # the concepts were re-clustered: earlier steps' numbers describe other concepts
     summary.update(layer=layer, k=k, concepts_settings=inp.concepts_key)
     steps = summary.setdefault("steps", {})
     store.set_stage(f"analyze:layer_{layer}_k{k}", "running", steps=cfg.steps)
