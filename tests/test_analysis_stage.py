@@ -171,3 +171,31 @@ def test_skips_and_user_errors(run, capsys):
     assert cli_main(["analyze", store.where(), "--layer", "1", "--steps", "layers", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "layer 1 k 4" in printed and "layers: skipped: no later layer" in printed
+
+
+def test_run_wires_analyze_after_annotate_with_the_demo_bootstrap():
+    from cluster_service.pipeline import DEFAULT_STAGES, DEMO_ANALYZE, PipelineConfig
+
+    assert DEFAULT_STAGES[-2:] == ("annotate", "analyze")
+    demo = PipelineConfig.from_sections({}, None, {})
+    assert demo.configs["analyze"].stability_tokens == DEMO_ANALYZE["stability_tokens"]
+    mine = PipelineConfig.from_sections({"corpus": {"path": "x.txt"}}, None, {"analyze": {"steps": ["probe"]}})
+    assert mine.configs["analyze"].stability_tokens == 50_000 and mine.configs["analyze"].steps == ["probe"]
+
+
+def test_ray_job_entry_point_takes_the_verbs_flags():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    jobs = Path(__file__).resolve().parents[1] / "ray_jobs"
+    sys.path.insert(0, str(jobs))
+    try:
+        spec = importlib.util.spec_from_file_location("ray_jobs_job", jobs / "_job.py")
+        job = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(job)
+        args = job.parse("analyze", ["/mnt/shared/runs/x", "--layer", "6", "--steps", "probe,neurons"])
+        assert args.run == "/mnt/shared/runs/x" and args.layers == [6] and args.steps == ["probe", "neurons"]
+        assert "VERB = \"analyze\"" in (jobs / "analyze.py").read_text()
+    finally:
+        sys.path.remove(str(jobs))
