@@ -11,8 +11,8 @@ from .errors import StageFailed, UserError
 
 #: Verb modules under cluster_service.commands, in the order --help lists them (``import_`` holds the
 #: verb ``import``, a Python keyword).
-VERBS = ("ingest", "extract", "cluster", "annotate", "report", "export", "import_", "run", "info", "submit", "status",
-         "logs")
+VERBS = ("ingest", "extract", "cluster", "annotate", "analyze", "report", "export", "import_", "run", "info",
+         "submit", "status", "logs")
 
 
 def build_parser() -> argparse.ArgumentParser:

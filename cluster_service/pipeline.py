@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .analysis import STAGE as ANALYZE
 from .annotate import STAGE as ANNOTATE
 from .cluster import STAGE as CLUSTER
 from .configs import ConfigFile, build
@@ -26,9 +27,11 @@ log = logging.getLogger("cluster_service.pipeline")
 
 #: sentences of the demo corpus the default run uses: a few minutes end to end on a 2-core machine
 DEMO_SENTENCES = 3000
+#: the demo's analysis: a smaller bootstrap, so that analysing all 7 layers adds at most half the demo's time
+DEMO_ANALYZE = {"stability_tokens": 4000}
 
 #: every stage, in the order data flows through them
-STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE, REPORT)
+STAGES: tuple[Stage, ...] = (INGEST, EXTRACT, CLUSTER, ANNOTATE, ANALYZE, REPORT)
 #: config file sections a job file may hold (a misspelt one is an error, not silently ignored)
 SECTIONS = ("stages", *(s.section for s in STAGES))
 DEFAULT_STAGES = tuple(s.name for s in STAGES)
@@ -64,6 +67,9 @@ class PipelineConfig:
             section = dict(file.section(stage.section))
             if stage is INGEST and not (section.get("path") or flags.get("corpus", {}).get("path")):
                 section.setdefault("max_sentences", DEMO_SENTENCES)
+            if stage is ANALYZE and not (file.section("corpus").get("path") or flags.get("corpus", {}).get("path")):
+                for name, value in DEMO_ANALYZE.items():
+                    section.setdefault(name, value)
             configs[stage.name] = build(stage.config, section, where=file.where(stage.section),
                                         flags=flags.get(stage.section), flag_prefix=f"{stage.section}-"
                                         if stage.section != "extract" else "")

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 
+from ..analysis.config import AnalyzeConfig
 from ..annotate.config import AnnotateConfig
 from ..cluster.config import ClusterConfig
 from ..configs import ConfigFile, add_dataclass_arguments, load_config_file
@@ -26,7 +27,7 @@ from ..store import RunStore
 DEMO_RUN = "runs/demo"
 SECTIONS = (("corpus", CorpusConfig, "corpus-"), ("extract", ExtractConfig, ""),
             ("cluster", ClusterConfig, "cluster-"), ("annotate", AnnotateConfig, "annotate-"),
-            ("report", ReportConfig, "report-"))
+            ("analyze", AnalyzeConfig, "analyze-"), ("report", ReportConfig, "report-"))
 
 
 def register(sub) -> None:

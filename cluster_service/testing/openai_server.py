@@ -49,8 +49,15 @@ DEFAULTS: dict[str, Any] = {
     "filter_min_count": 2,
     "filter_style": "400",  # "400" (HTTP 400 content_filter) or "finish" (finish_reason content_filter)
     "seed": 0,
+    # detection-scoring prompts (a "Concept label: ..." line and words marked <<like this>>) are answered
+    # by this scripted scorer: None (answer as a labeller, as before), "label_words" (1 exactly when the
+    # marked word is one of the label's words), "random" (seeded coin flips), "garbage" (no list)
+    "detector": None,
 }
 FAULTS = ("429", "500", "503", "hang", "malformed", "not_json_content", "filter400", "filter_finish")
+_LABEL_LINE = re.compile(r"^Concept label: (.*)$", re.MULTILINE)
+_MARKED = re.compile(r"<<(.+?)>>")
+_NUMBERED = re.compile(r"^\d+\. ")
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
 
 
@@ -123,7 +130,26 @@ class FakeOpenAI:
                 return fault
         return None
 
+    def _detection(self, messages: list[dict[str, Any]]) -> str | None:
+        """The scripted scorer's answer to a detection-scoring prompt, None for any other prompt."""
+        mode = self.settings["detector"]
+        user = next((str(m.get("content", "")) for m in messages if m.get("role") == "user"), "")
+        label = _LABEL_LINE.search(user)
+        if mode is None or label is None:
+            return None
+        numbered = [line for line in user.splitlines() if _NUMBERED.match(line)]
+        marked = [m.group(1) for line in numbered if (m := _MARKED.search(line))]
+        if mode == "garbage":
+            return "I cannot tell which of these belong."
+        if mode == "random":
+            return json.dumps([self.rng.randint(0, 1) for _ in marked])
+        label_words = {w.lower() for w in re.findall(r"\w+", label.group(1))}
+        return json.dumps([int(w.lower() in label_words) for w in marked])
+
     def _reply_content(self, body: dict[str, Any], words: list[str]) -> str:
+        detected = self._detection(body.get("messages", []))
+        if detected is not None:
+            return detected
         counts = Counter(words)
         top = sorted(counts, key=lambda w: (-counts[w], w))[:2] or ["nothing"]
         label = " and ".join(top) + " words"
