@@ -176,7 +176,7 @@ def test_skips_and_user_errors(run, capsys):
 def test_run_wires_analyze_after_annotate_with_the_demo_bootstrap():
     from cluster_service.pipeline import DEFAULT_STAGES, DEMO_ANALYZE, PipelineConfig
 
-    assert DEFAULT_STAGES[-2:] == ("annotate", "analyze")
+    assert DEFAULT_STAGES.index("analyze") == DEFAULT_STAGES.index("annotate") + 1
     demo = PipelineConfig.from_sections({}, None, {})
     assert demo.configs["analyze"].stability_tokens == DEMO_ANALYZE["stability_tokens"]
     mine = PipelineConfig.from_sections({"corpus": {"path": "x.txt"}}, None, {"analyze": {"steps": ["probe"]}})
