@@ -129,17 +129,18 @@ class LLMLabeller:
     def label(self, rows: Sequence[dict[str, Any]]) -> Labelling:
         outcomes, pool = asyncio.run(self._run_pool(self.tasks(rows)))
         return Labelling(outcomes, self.cfg.model, pool.usage, self.price, pool.latencies,
-                         pool.fatal.reason if pool.fatal is not None else None)
+                         pool.fatal.reason if pool.fatal is not None else None, pool.concurrency_summary())
 
     async def _run_pool(self, tasks: list[Task]) -> tuple[list[Outcome], AnnotationPool]:
         from .backends import OpenAIBackend
 
         cfg = self.cfg
-        backend = OpenAIBackend(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout_s)
+        backend = OpenAIBackend(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout_s, cfg.chunk_timeout_s,
+                                cfg.stream)
         cache = open_cache(self.store, cfg)
         limiter = RateLimiter(cfg.rpm, cfg.tpm, cfg.rate_window_s, cfg.burst_s)
         settings = PoolSettings(cfg.prompt, cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s,
-                                cfg.concurrency, cfg.max_tokens, cfg.progress, cfg.seed)
+                                cfg.concurrency, cfg.max_tokens, cfg.progress, cfg.seed, cfg.adaptive_concurrency)
         pool = AnnotationPool(backend, cache, limiter, settings)
         try:
             return await pool.run(tasks), pool

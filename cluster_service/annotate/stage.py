@@ -80,11 +80,13 @@ def _summary(labeller: Labeller, run: Labelling, seconds: float, labels_file: st
         "annotator": labeller.annotator, "labels_file": labels_file,
         "is_baseline": labeller.is_baseline, "concepts": len(run.outcomes), "labelled": counts[OK],
         "truncated": counts[TRUNCATED], "failed": counts[FAILED], "calls": usage.calls, "cached": usage.cached,
-        "retries": usage.retries, "prompt_tokens": usage.prompt_tokens,
+        "retries": usage.retries, "timeouts": usage.timeouts, "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens, "llm_tokens": usage.prompt_tokens + usage.completion_tokens,
         "cost_usd": usage.cost(run.price), "seconds": round(seconds, 3),
         "call_p50_s": _quantile(run.latencies, 0.5), "call_p99_s": _quantile(run.latencies, 0.99),
     }
+    if run.concurrency is not None:
+        summary["concurrency"] = run.concurrency
     if labeller.is_baseline:
         summary["note"] = "baseline labels (not an LLM): spaCy tags and token statistics"
     return summary
