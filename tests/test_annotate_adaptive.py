@@ -70,10 +70,9 @@ def test_noisy_latency_without_a_queue_is_not_mistaken_for_one():
 
 def test_only_requests_sent_under_the_current_limit_decide():
     limit = AdaptiveLimit(16, start=4)
-    for _ in range(2):
-        assert limit.completed(0.1, 100, 4, 0) is None
+    assert limit.completed(0.1, 100, 4, 0) is None
     assert limit.completed(0.1, 100, 3, 0) is None  # not every slot in use: proves nothing
-    assert limit.completed(0.1, 100, 4, 0) == 8  # judged: no queue; slow start doubles
+    assert limit.completed(0.1, 100, 4, 0) == 8  # judged (half the limit in slow start): no queue, doubled
     assert limit.epoch == 1
     for _ in range(10):
         assert limit.completed(5.0, 100, 8, 0) is None  # sent before the raise: ignored

@@ -8,10 +8,11 @@ the pool starts at one request in flight and moves the limit as TCP Vegas does (
 server had room, latency that grows with the number in flight means a queue.
 
 - Each limit is judged on the median of ``samples_per_step`` completions (half the limit for limits
-  above 6) sent under it with every slot in use (``in_flight_at_send == limit``: the last slot was
-  really tried), so one slow reply decides nothing. ``no_load`` is the median of the samples of the
-  last judgements that found no queue (the first level's, to begin with): a median, not the
-  smallest latency ever seen, which noise alone would push down until every level looked queued.
+  above 6; in slow start, below, half the limit) sent under it with every slot in use
+  (``in_flight_at_send == limit``: the last slot was really tried), so one slow reply decides nothing.
+  ``no_load`` is the median of the samples of the last judgements that found no queue (the first
+  level's, to begin with): a median, not the smallest latency ever seen, which noise alone would push
+  down until every level looked queued.
 - **Raise** when that median is within ``threshold × no_load``. The threshold is ``flat`` or the
   latency's own spread (the upper over the lower quartile of those no-queue samples), whichever is
   larger, so that an API whose latency is noisy by itself is not mistaken for a queue.
@@ -72,6 +73,13 @@ class AdaptiveLimit:
     def per_token(latency_s: float, prompt_llm_tokens: int) -> float:
         return latency_s / (max(0, prompt_llm_tokens) + FIXED_LLM_TOKENS)
 
+    def samples_needed(self) -> int:
+        """Completions per judgement: half the limit, at least ``samples_per_step`` (in slow start at
+        least one: the ramp must be short, for short runs; a wrong call there is undone later)."""
+        if self._slow_start:
+            return max(1, self.limit // 2)
+        return max(self.samples_per_step, self.limit // 2)
+
     def threshold(self) -> float:
         """How much slower than no-load a level's median may be and still count as no queue."""
         if len(self._reference) < 8:
@@ -98,7 +106,7 @@ class AdaptiveLimit:
         if epoch_at_send != self.epoch or in_flight_at_send < self.limit or latency_s <= 0:
             return None
         self._level.append(self.per_token(latency_s, prompt_llm_tokens))
-        if len(self._level) < max(self.samples_per_step, self.limit // 2):
+        if len(self._level) < self.samples_needed():
             return None
         median = statistics.median(self._level)
         self.no_load = statistics.median(self._reference) if self._reference else median

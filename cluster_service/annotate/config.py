@@ -17,6 +17,13 @@ class AnnotateConfig:
     k: list[PositiveInt] = field(default_factory=list)
     """Numbers of concepts (K) whose concept tables to label; empty or 'all' means every K clustered."""
 
+    hierarchy: bool = False
+    """Label each layer's tables from the largest K down, and a concept at a smaller K whose children (at
+    the next larger K) all have labels from its children's labels and a sample of its words (a shorter,
+    cheaper prompt); a concept with one child takes its label without a call. LLM backends only."""
+    hierarchy_words: PositiveInt = 30
+    """Words sampled (seeded, type proportions kept) into a --hierarchy prompt."""
+
     backend: Literal["baseline", "openai"] = "baseline"
     """'baseline' labels offline from the tokens and spaCy (not an LLM, marked as such); 'openai' calls
     any OpenAI-compatible chat endpoint (OpenAI, Azure, vLLM, llama.cpp server, Ollama)."""

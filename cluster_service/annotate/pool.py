@@ -50,6 +50,7 @@ class Task:
     concept: int
     request: dict[str, Any]
     fallback: Callable[[], dict[str, Any]]
+    variant: str | None = None  # the prompt variant recorded with the label (default: the settings' prompt)
 
 
 @dataclass
@@ -167,8 +168,9 @@ class AnnotationPool:
 
     def _variants(self, task: Task) -> Iterator[tuple[dict[str, Any], str]]:
         """The request, then (built only if the first was refused) each type once: the paper's fallback."""
-        yield task.request, self.settings.prompt
-        yield task.fallback(), self.settings.prompt + "+unique_types"
+        variant = task.variant or self.settings.prompt
+        yield task.request, variant
+        yield task.fallback(), variant + "+unique_types"
 
     def _classify(self, reply: Reply, out: Outcome) -> None:
         """Fill ``out`` from a reply: a label (clean, or cut off at the completion limit) or why not."""

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "per_token_s": None,  # service time per prompt token (replaces latency_s when set)
     "chunk_s": 0.0,  # pause before each streamed chunk after the first
     "chunks": 3,  # content chunks of a streamed reply
+    "log_prompts": False,  # keep each request's last user message in the log ("user")
 }
 FAULTS = ("429", "500", "503", "hang", "malformed", "not_json_content", "filter400", "filter_finish", "stall")
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
@@ -187,6 +188,8 @@ class FakeOpenAI:
             return self._error(400, "body is not JSON", "invalid_json")
         messages = body.get("messages") or []
         entry["stream"] = bool(body.get("stream"))
+        if self.settings["log_prompts"]:
+            entry["user"] = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
         canonical = {k: body.get(k) for k in ("model", "messages", "temperature", "max_tokens",
                                                "max_completion_tokens", "response_format")}
         entry["hash"] = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
