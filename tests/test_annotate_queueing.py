@@ -116,3 +116,11 @@ def test_a_stream_that_stops_mid_reply_is_cut_at_the_chunk_timeout_and_retried(f
     waited = retry["t"] - stalled[0]["first_chunk_t"]
     # noticed after the chunk timeout (not the 5 s first-token timeout, nor the 20 s stall), then backoff
     assert chunk_timeout <= waited <= chunk_timeout + 0.5 + 1.5, waited
+
+
+def test_without_streaming_one_plain_call_per_concept(fake, tmp_path):
+    n = 6
+    summary = run(make_store(tmp_path / "run", n), n, config(fake, stream=False, timeout_s=5.0))
+    log = fake.log()
+    assert summary["labelled"] == n and len(log) == n and not any(e["stream"] for e in log)
+    assert summary["prompt_tokens"] == sum(e["prompt_tokens"] for e in log)

@@ -128,8 +128,7 @@ class AdaptiveLimit:
         self.samples += 1
         if epoch_at_send != self.epoch:
             return None
-        self._slow_start = False
-        self._failures[self.limit] = self._failures.get(self.limit, 0) + 1
+        self._slow_start = False  # not a queue: the level is not barred from re-probing (AIMD, as TCP)
         return self._set(self.limit // 2)
 
     def settled(self) -> int:

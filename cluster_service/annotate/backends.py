@@ -1,5 +1,7 @@
 """The OpenAI-compatible backend: one chat call, and every way it can fail sorted into what to do next.
 
+Replies are streamed (``stream_options.include_usage``, so usage still arrives, in the last chunk), with a
+timeout to the first chunk and one between chunks instead of one for the whole reply (``OpenAIBackend``).
 The ``openai`` client's own retries are off (``max_retries=0``): the pool retries, so that every attempt
 passes the rate limiter and is counted. Errors become ``CallError`` with an action: ``retry`` (429,
 5xx, timeouts, connection errors, malformed bodies; with the server's Retry-After if it sent one),
@@ -170,10 +172,10 @@ class OpenAIBackend:
             raise self._err(RETRY, f"connection error: {exc.__cause__ or exc}") from None
         except openai.APIStatusError as exc:
             raise self._classify(exc) from None
-        except openai.APIError as exc:  # an error event inside a stream
-            raise self._err(RETRY, f"error in the stream: {exc}") from None
         except (json.JSONDecodeError, ValueError, openai.APIResponseValidationError) as exc:
             raise self._err(RETRY, f"malformed response body: {exc}") from None
+        except openai.APIError as exc:  # an error event inside a stream
+            raise self._err(RETRY, f"error in the stream: {exc}") from None
         latency = time.monotonic() - start
         choices = getattr(completion, "choices", None)
         if not choices:
@@ -197,12 +199,12 @@ class OpenAIBackend:
         included), each next one within ``chunk_timeout_s``; usage comes in the last chunk."""
         deadline = start + first_token_timeout_s
 
-        async def first_chunk_left() -> float:
+        def first_chunk_left() -> float:
             return max(0.001, deadline - time.monotonic())
 
         raw = await asyncio.wait_for(self.client.chat.completions.with_raw_response.create(
             model=self.model, stream=True, stream_options={"include_usage": True}, **request),
-            timeout=await first_chunk_left())
+            timeout=first_chunk_left())
         stream = raw.parse()
         parts: list[str] = []
         finish = model = usage = first_token = None
@@ -210,7 +212,7 @@ class OpenAIBackend:
         try:
             chunks = stream.__aiter__()
             while True:
-                wait = await first_chunk_left() if first_token is None else self.chunk_timeout_s
+                wait = first_chunk_left() if first_token is None else self.chunk_timeout_s
                 try:
                     chunk = await asyncio.wait_for(chunks.__anext__(), timeout=wait)
                 except StopAsyncIteration:

@@ -117,7 +117,6 @@ class AnnotationPool:
         ceiling = self.settings.concurrency
         self.concurrency = AdaptiveLimit(ceiling, start=1 if self.settings.adaptive else ceiling)
         self.slowest_first_token_s = 0.0
-        self._sending = 0  # requests sent and not yet answered (those waiting on the rate limiter are not)
 
     def first_token_timeout(self) -> float:
         """max(--timeout-s, 3 × the slowest time to first token seen so far)."""
@@ -280,8 +279,9 @@ class AnnotationPool:
                 self.limiter.settle(grant, 0)
                 raise CallError(FATAL, self.fatal.reason)
             self.usage.calls += 1
-            self._sending += 1
-            in_flight, epoch = self._sending, self.concurrency.epoch
+            # slots in use, counting those held while the rate limiter makes them wait: when the rpm/tpm
+            # limits bind, the limit is still judged (and can recover after a 429) at the slots it grants
+            in_flight, epoch = self._gate.held, self.concurrency.epoch
             try:
                 reply, limits = await self.backend.complete(request,
                                                             first_token_timeout_s=self.first_token_timeout())
@@ -294,8 +294,6 @@ class AnnotationPool:
                 if exc.overload and self.settings.adaptive:
                     await self._adapt(self.concurrency.dropped(epoch), exc.reason)
                 raise
-            finally:
-                self._sending -= 1
             first_token = reply.first_token_s if reply.first_token_s is not None else reply.latency_s
             self.slowest_first_token_s = max(self.slowest_first_token_s, first_token)
             if self.settings.adaptive:
