@@ -551,7 +551,7 @@ def test_hierarchy_labels_follow_the_tree_from_the_children_up(fake, tmp_path):
     rows = store.read_concepts(TREE_LAYER, 3).to_pylist()
     full = [estimate_llm_tokens(t.request["messages"]) for t in build_tasks(tree_config(fake), rows)]
     short = [r["label_prompt_tokens"] for r in tables[3]]
-    assert all(s < 0.6 * f for s, f in zip(short, full, strict=True)), (short, full)
+    assert all(s < 0.75 * f for s, f in zip(short, full, strict=True)), (short, full)
 
     again = annotate_run(store, tree_config(fake))  # resumable: every call answered by the cache
     assert all(s["calls"] == 0 for s in again.values()) and len(fake.log()) == len(log)

@@ -7,9 +7,9 @@ the pool starts at one request in flight and moves the limit as TCP Vegas does (
 1995; Netflix's concurrency-limits ``VegasLimit``): latency that stays at its no-load value means the
 server had room, latency that grows with the number in flight means a queue.
 
-- Each limit is judged on the median of ``samples_per_step`` completions (half the limit for limits
-  above 6; in slow start, below, half the limit) sent under it with every slot in use
-  (``in_flight_at_send == limit``: the last slot was really tried), so one slow reply decides nothing.
+- Each limit is judged on the median of max(``samples_per_step``, limit / 2) completions (in slow
+  start, below, max(1, limit / 2)) sent under it with every slot in use (``in_flight_at_send ==
+  limit``: the last slot was really tried), so one slow reply decides little.
   ``no_load`` is the median of the samples of the last judgements that found no queue (the first
   level's, to begin with): a median, not the smallest latency ever seen, which noise alone would push
   down until every level looked queued.
@@ -22,7 +22,8 @@ server had room, latency that grows with the number in flight means a queue.
   the level below, so the limit settles instead of oscillating.
 - **Lower** when the median is above it: to ``limit × no_load / median``, what the server seems to serve
   at once (Vegas's estimate), but not below half. **Halve** on a timeout, 429 or 503 of a request sent
-  under the current limit (once per limit: the others in flight met the same overload).
+  under the current limit (once per limit: the others in flight met the same overload); a drop does
+  not bar re-probing (additive increase, multiplicative decrease, as TCP).
 
 Latencies are compared per LLM token (``latency / (prompt LLM tokens + FIXED_LLM_TOKENS)``), because a
 self-hosted server's time is mostly prompt processing, roughly proportional to the prompt, and concept
@@ -51,7 +52,7 @@ class AdaptiveLimit:
     flat: float = 1.15
     """A level whose median latency is at most this many times the no-load latency added no queue."""
     samples_per_step: int = 3
-    """Completions per judgement of a level (more for levels above 6: half the level)."""
+    """Fewest completions per judgement of a level after slow start (half the level above 6)."""
     limit: int = field(init=False)
     epoch: int = field(init=False, default=0)
     """Bumped on every change; a request records it when sent, so stale completions decide nothing."""

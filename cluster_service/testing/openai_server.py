@@ -63,7 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "chunks": 3,  # content chunks of a streamed reply
     "log_prompts": False,  # keep each request's last user message in the log ("user")
 }
-FAULTS = ("429", "500", "503", "hang", "malformed", "not_json_content", "filter400", "filter_finish", "stall")
+FAULTS = ("429", "500", "503", "hang", "malformed", "not_json_content", "filter400", "filter_finish",
+          "stall")  # stall: streams only
 _QUOTED = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
 
 
@@ -244,7 +245,7 @@ class FakeOpenAI:
         if entry["stream"]:
             return await self._streamed(request, body, entry, fault, content, finish, p_tokens, c_tokens)
         await self._serve_time(entry, p_tokens)
-        served = finish in ("stop", "length") and fault != "malformed"
+        served = finish in ("stop", "length")
         entry.update(status=200, completion_tokens=c_tokens, success=served, finish_reason=finish)
         self.successes += served
         payload = {
