@@ -8,13 +8,15 @@ the pool starts at one request in flight and moves the limit as TCP Vegas does (
 server had room, latency that grows with the number in flight means a queue.
 
 - Each limit is judged on the median of max(``samples_per_step``, limit / 2) completions (in slow
-  start, below, max(1, limit / 2)) sent under it with every slot in use (``in_flight_at_send ==
+  start, below: max(2, limit / 2)) sent under it with every slot in use (``in_flight_at_send ==
   limit``: the last slot was really tried), so one slow reply decides little.
-  ``no_load`` is the median of the samples of the last judgements that found no queue (the first
-  level's, to begin with): a median, not the smallest latency ever seen, which noise alone would push
-  down until every level looked queued.
+  ``no_load`` is the median latency of requests sent with nothing else of ours in flight (no queue
+  of ours can be in front of them; the last 100): a median, not the smallest latency ever seen,
+  which noise alone would push down until every level looked queued, and never from loaded levels,
+  whose small queues would creep into it. (The pool leaves out its first request, which pays for
+  the connection.)
 - **Raise** when that median is within ``threshold × no_load``. The threshold is ``flat`` or the
-  latency's own spread (the upper over the lower quartile of those no-queue samples), whichever is
+  latency's own spread (the 90th percentile over the median of those no-load samples), whichever is
   larger, so that an API whose latency is noisy by itself is not mistaken for a queue.
   The limit doubles until the first queue or drop (TCP's slow start; doubling at most doubles a
   queued request's wait, which the pool's first-token timeout of 3 × the slowest seen allows), then
@@ -49,7 +51,7 @@ class AdaptiveLimit:
 
     ceiling: int
     start: int = 1
-    flat: float = 1.15
+    flat: float = 1.2
     """A level whose median latency is at most this many times the no-load latency added no queue."""
     samples_per_step: int = 3
     """Fewest completions per judgement of a level after slow start (half the level above 6)."""
@@ -63,7 +65,7 @@ class AdaptiveLimit:
         self.limit = max(1, min(self.start, self.ceiling))
         self.samples = 0
         self.no_load: float | None = None
-        self._reference: deque[float] = deque(maxlen=100)  # samples of judgements that found no queue
+        self._reference: deque[float] = deque(maxlen=100)  # samples sent alone: no queue of ours
         self._level: list[float] = []  # this level's samples, sent with every slot in use
         self._failures: dict[int, int] = {}  # level -> judgements that found a queue there
         self._passed = 0  # judgements passed at the current level
@@ -76,17 +78,18 @@ class AdaptiveLimit:
 
     def samples_needed(self) -> int:
         """Completions per judgement: half the limit, at least ``samples_per_step`` (in slow start at
-        least one: the ramp must be short, for short runs; a wrong call there is undone later)."""
+        least two: the ramp must be short, for short runs; a wrong call there is undone later)."""
         if self._slow_start:
-            return max(1, self.limit // 2)
+            return max(2, self.limit // 2)
         return max(self.samples_per_step, self.limit // 2)
 
     def threshold(self) -> float:
-        """How much slower than no-load a level's median may be and still count as no queue."""
-        if len(self._reference) < 8:
+        """How much slower than no-load a level's median may be and still count as no queue: ``flat``, or
+        the no-load latency's own spread (90th percentile over median) if that is larger."""
+        if len(self._reference) < 3:
             return self.flat
-        lower, _, upper = statistics.quantiles(self._reference, n=4, method="inclusive")
-        return max(self.flat, upper / lower)
+        deciles = statistics.quantiles(self._reference, n=10, method="inclusive")
+        return max(self.flat, deciles[8] / statistics.median(self._reference))
 
     def _set(self, limit: int) -> int | None:
         limit = max(1, min(self.ceiling, limit))
@@ -104,16 +107,22 @@ class AdaptiveLimit:
         """A request completed; returns the new limit if it changed. ``in_flight_at_send`` counts the
         request itself."""
         self.samples += 1
-        if epoch_at_send != self.epoch or in_flight_at_send < self.limit or latency_s <= 0:
+        if latency_s <= 0:
             return None
-        self._level.append(self.per_token(latency_s, prompt_llm_tokens))
+        sample = self.per_token(latency_s, prompt_llm_tokens)
+        if in_flight_at_send == 1:
+            self._reference.append(sample)
+            self.no_load = statistics.median(self._reference)
+        if epoch_at_send != self.epoch or in_flight_at_send < self.limit:
+            return None
+        self._level.append(sample)
         if len(self._level) < self.samples_needed():
             return None
         median = statistics.median(self._level)
-        self.no_load = statistics.median(self._reference) if self._reference else median
-        if median <= self.threshold() * self.no_load:
+        if self.no_load is None:  # judged above 1 from the start: this level is the reference
             self._reference.extend(self._level)
-            self.no_load = statistics.median(self._reference)
+            self.no_load = median
+        if median <= self.threshold() * self.no_load:
             self._level = []
             self._passed += 1
             if self._passed >= 2 ** self._failures.get(self.limit + 1, 0):

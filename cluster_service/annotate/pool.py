@@ -117,6 +117,7 @@ class AnnotationPool:
         ceiling = self.settings.concurrency
         self.concurrency = AdaptiveLimit(ceiling, start=1 if self.settings.adaptive else ceiling)
         self.slowest_first_token_s = 0.0
+        self._sending = 0
 
     def first_token_timeout(self) -> float:
         """max(--timeout-s, 3 × the slowest time to first token seen so far)."""
@@ -279,9 +280,9 @@ class AnnotationPool:
                 self.limiter.settle(grant, 0)
                 raise CallError(FATAL, self.fatal.reason)
             self.usage.calls += 1
-            # slots in use, counting those held while the rate limiter makes them wait: when the rpm/tpm
-            # limits bind, the limit is still judged (and can recover after a 429) at the slots it grants
-            in_flight, epoch = self._gate.held, self.concurrency.epoch
+            # requests really at the server, this one included (not those the rate limiter still holds)
+            self._sending += 1
+            in_flight, epoch = self._sending, self.concurrency.epoch
             try:
                 reply, limits = await self.backend.complete(request,
                                                             first_token_timeout_s=self.first_token_timeout())
@@ -291,16 +292,23 @@ class AnnotationPool:
                 if exc.status is not None and exc.action != FATAL:
                     self._verified.set()
                 self.usage.timeouts += exc.timeout
-                if exc.overload and self.settings.adaptive:
-                    await self._adapt(self.concurrency.dropped(epoch), exc.reason)
-                raise
-            first_token = reply.first_token_s if reply.first_token_s is not None else reply.latency_s
-            self.slowest_first_token_s = max(self.slowest_first_token_s, first_token)
-            if self.settings.adaptive:
-                changed = self.concurrency.completed(first_token, reply.prompt_tokens or prompt_estimate,
-                                                     in_flight, epoch)
-                await self._adapt(changed, f"latency {first_token:.3f} s to the first token at {in_flight} "
-                                           "in flight")
+                failed = exc
+            else:
+                failed = None
+            finally:
+                self._sending -= 1
+        # the limit moves once this request's slot is free, so that the next request sent is counted
+        # with what is really in flight
+        if failed is not None:
+            if failed.overload and self.settings.adaptive:
+                await self._adapt(self.concurrency.dropped(epoch), failed.reason)
+            raise failed
+        first_token = reply.first_token_s if reply.first_token_s is not None else reply.latency_s
+        self.slowest_first_token_s = max(self.slowest_first_token_s, first_token)
+        if self.settings.adaptive and self._verified.is_set():  # not the probe: it pays for the connection
+            changed = self.concurrency.completed(first_token, reply.prompt_tokens or prompt_estimate,
+                                                 in_flight, epoch)
+            await self._adapt(changed, f"latency {first_token:.3f} s to the first token at {in_flight} in flight")
         self._verified.set()
         self.limiter.settle(grant, reply.prompt_tokens + reply.completion_tokens)
         self.limiter.observe(limits)
