@@ -443,24 +443,28 @@ def test_one_slot_server_no_timeouts_nothing_sent_twice_settles_at_one(fake, tmp
     assert fixed["timeouts"] > 0 and sent_twice(log) > 0 and any(e.get("client_gone") for e in log)
 
 
-def throughput(fake: ServerProcess, root: Path, n: int, **kw) -> tuple[float, dict]:
+def throughput(fake: ServerProcess, root: Path, n: int, **kw) -> tuple[float, float, dict]:
+    """Concepts per second over the whole run, and over its second half (arrivals at the server, once the
+    adaptive limit has ramped up from 1), and the run's summary."""
     fake.reset(slots=8, per_token_s=0.0015)  # ~200 ms per concept prompt, 8 at once
     cfg = queue_config(fake, **{"concurrency": 16, "timeout_s": 3.0, **kw})
     summary = run_table(queue_store(root, n, 12, 30), n, cfg)
     log = fake.log()
     assert summary["labelled"] == n and summary["timeouts"] == 0 and sent_twice(log) == 0
-    return n / summary["seconds"], summary
+    arrivals = sorted(e["t"] for e in log)[n // 2:]
+    return n / summary["seconds"], (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), summary
 
 
 def test_eight_slot_server_settles_near_eight_at_the_best_fixed_throughput(fake, tmp_path):
     n = 160
-    adaptive, summary = throughput(fake, tmp_path / "adaptive", n)
-    best = max(throughput(fake, tmp_path / f"fixed{c}", n, concurrency=c, adaptive_concurrency=False)[0]
-               for c in (8, 16))
+    whole, settled, summary = throughput(fake, tmp_path / "adaptive", n)
+    fixed = [throughput(fake, tmp_path / f"fixed{c}", n, concurrency=c, adaptive_concurrency=False)
+             for c in (8, 16)]
     assert 6 <= summary["concurrency"]["settled"] <= 11, summary["concurrency"]
-    # the ramp from 1 costs a few service times, a larger share of this short run than of the
-    # benchmark's; and the box is shared
-    assert adaptive >= 0.7 * best, (adaptive, best)
+    # once ramped up, as fast as the best fixed setting (margin: the box is shared); over the whole of
+    # this short run the ramp from 1 (a few service times) costs more than in the benchmark's longer one
+    assert settled >= 0.85 * max(f[1] for f in fixed), (settled, [f[1] for f in fixed])
+    assert whole >= 0.5 * max(f[0] for f in fixed), (whole, [f[0] for f in fixed])
 
 
 def test_a_stream_that_stops_mid_reply_is_cut_at_the_chunk_timeout_and_retried(fake, tmp_path):
