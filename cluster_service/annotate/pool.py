@@ -6,8 +6,7 @@ finds the server's real capacity from latency, up to ``concurrency``; see ``adap
 paid for. A request's first-token timeout is max(``timeout_s``, 3 × the slowest time to first token
 seen), so one that waits behind others in a server's queue is not cut off and sent again. The first
 live call goes alone (a probe), so a wrong key or model name costs one request, not ``concurrency``
-of them; any fatal answer afterwards
-stops every coroutine before its next send.
+of them; any fatal answer afterwards stops every coroutine before its next send.
 
 Per concept (``_one``): get a reply (``_reply``: the cache, a concept with the same prompt in flight, or
 ``_attempt`` with backoff between retries), ``_classify`` it into a label or a reason, and fall back to
