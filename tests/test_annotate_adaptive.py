@@ -14,9 +14,10 @@ from cluster_service.annotate.adaptive import AdaptiveLimit
 
 def simulate(slots: int, ceiling: int, n: int, per_token_s: float = 1e-3, noise: float = 0.0,
              seed: int = 0, sizes: tuple[int, int] = (150, 250),
-             fixed: bool = False) -> tuple[AdaptiveLimit, float, int]:
+             fixed: bool = False, per_request_s: float | None = None) -> tuple[AdaptiveLimit, float, int]:
     """Send ``n`` requests through the limit (held at ``ceiling`` if ``fixed``); returns it, the makespan
-    and the most in flight at once."""
+    and the most in flight at once. Service time is proportional to the prompt, or ``per_request_s``
+    whatever the prompt (as an API's latency may be)."""
     rng = random.Random(seed)
     limit = AdaptiveLimit(ceiling, start=ceiling if fixed else 1)
     now, sent, in_flight, most = 0.0, 0, 0, 0
@@ -25,7 +26,7 @@ def simulate(slots: int, ceiling: int, n: int, per_token_s: float = 1e-3, noise:
     while sent < n or done:
         while sent < n and in_flight < limit.limit:
             tokens = rng.randint(*sizes)
-            service = per_token_s * tokens * (1 + noise * rng.random())
+            service = (per_request_s or per_token_s * tokens) * (1 + noise * rng.random())
             slot = min(range(slots), key=lambda i: free_at[i])
             start = max(now, free_at[slot])
             free_at[slot] = start + service
@@ -65,6 +66,9 @@ def test_varied_prompt_sizes_still_settle():
 def test_noisy_latency_without_a_queue_is_not_mistaken_for_one():
     """An API with no queue but latencies that vary by 4x by themselves: the limit climbs to the ceiling."""
     limit, _, _ = simulate(slots=64, ceiling=16, n=400, noise=3.0)
+    assert limit.settled() >= 12, limit.history
+    # ... also when its latency does not follow the prompt's size at all
+    limit, _, _ = simulate(slots=64, ceiling=16, n=400, noise=3.0, sizes=(60, 1500), per_request_s=0.3)
     assert limit.settled() >= 12, limit.history
 
 

@@ -16,8 +16,9 @@ server had room, latency that grows with the number in flight means a queue.
   whose small queues would creep into it. (The pool leaves out its first request, which pays for
   the connection.)
 - **Raise** when that median is within ``threshold × no_load``. The threshold is ``flat`` or the
-  latency's own spread (the 90th percentile over the median of those no-load samples), whichever is
-  larger, so that an API whose latency is noisy by itself is not mistaken for a queue.
+  latency's own spread (the 90th percentile over the median, of those no-load samples and, typically,
+  within each judged level), whichever is larger, so that an API whose latency is noisy by itself is
+  not mistaken for a queue.
   The limit doubles until the first queue or drop (TCP's slow start; doubling at most doubles a
   queued request's wait, which the pool's first-token timeout of 3 × the slowest seen allows), then
   grows by one. Re-probing a level that showed a queue takes ``2^failures`` passed judgements at
@@ -38,7 +39,15 @@ from __future__ import annotations
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+
+def _spread(samples: Sequence[float]) -> float:
+    """90th percentile over median: how far latency strays by itself."""
+    deciles = statistics.quantiles(samples, n=10, method="inclusive")
+    return deciles[8] / statistics.median(samples)
+
 
 #: A request's fixed cost in LLM-token equivalents (HTTP, scheduling, the first decode step): keeps
 #: tiny prompts from looking slow per token.
@@ -66,6 +75,7 @@ class AdaptiveLimit:
         self.samples = 0
         self.no_load: float | None = None
         self._reference: deque[float] = deque(maxlen=100)  # samples sent alone: no queue of ours
+        self._spreads: deque[float] = deque(maxlen=20)  # within each judged level: 90th pct / median
         self._level: list[float] = []  # this level's samples, sent with every slot in use
         self._failures: dict[int, int] = {}  # level -> judgements that found a queue there
         self._passed = 0  # judgements passed at the current level
@@ -85,11 +95,14 @@ class AdaptiveLimit:
 
     def threshold(self) -> float:
         """How much slower than no-load a level's median may be and still count as no queue: ``flat``, or
-        the no-load latency's own spread (90th percentile over median) if that is larger."""
-        if len(self._reference) < 3:
-            return self.flat
-        deciles = statistics.quantiles(self._reference, n=10, method="inclusive")
-        return max(self.flat, deciles[8] / statistics.median(self._reference))
+        the latency's own spread (90th percentile over median, of the no-load samples and within the
+        levels judged, typically) if that is larger."""
+        spreads = [self.flat]
+        if len(self._reference) >= 3:
+            spreads.append(_spread(self._reference))
+        if self._spreads:
+            spreads.append(statistics.median(self._spreads))
+        return max(spreads)
 
     def _set(self, limit: int) -> int | None:
         limit = max(1, min(self.ceiling, limit))
@@ -119,6 +132,7 @@ class AdaptiveLimit:
         if len(self._level) < self.samples_needed():
             return None
         median = statistics.median(self._level)
+        self._spreads.append(_spread(self._level))
         if self.no_load is None:  # judged above 1 from the start: this level is the reference
             self._reference.extend(self._level)
             self.no_load = median
