@@ -59,8 +59,13 @@ class CallError(Exception):
 
     @property
     def overload(self) -> bool:
-        """The server could not keep up (timeout, 429, 503): the pool lowers its concurrency."""
-        return self.timeout or self.status in (429, 503)
+        """The server could not keep up (a timeout, a 503, or a 429 that is not a rate limit): the pool
+        lowers its concurrency. A 429 with Retry-After or ``x-ratelimit-*`` headers is a rate limit,
+        which the rate limiter answers (it pauses and adopts the server's limits): fewer requests in
+        flight would not make the window's quota larger."""
+        if self.timeout or self.status == 503:
+            return True
+        return self.status == 429 and self.retry_after is None and self.limits is None
 
     def __str__(self) -> str:
         return self.reason
