@@ -49,6 +49,8 @@ def _spread(samples: Sequence[float]) -> float:
     return deciles[8] / statistics.median(samples)
 
 
+#: Fewest samples a spread is estimated from (two or three say little about a 90th percentile).
+SPREAD_SAMPLES = 4
 #: A request's fixed cost in LLM-token equivalents (HTTP, scheduling, the first decode step): keeps
 #: tiny prompts from looking slow per token.
 FIXED_LLM_TOKENS = 50
@@ -98,7 +100,7 @@ class AdaptiveLimit:
         the latency's own spread (90th percentile over median, of the no-load samples and within the
         levels judged, typically) if that is larger."""
         spreads = [self.flat]
-        if len(self._reference) >= 3:
+        if len(self._reference) >= SPREAD_SAMPLES:
             spreads.append(_spread(self._reference))
         if self._spreads:
             spreads.append(statistics.median(self._spreads))
@@ -132,7 +134,8 @@ class AdaptiveLimit:
         if len(self._level) < self.samples_needed():
             return None
         median = statistics.median(self._level)
-        self._spreads.append(_spread(self._level))
+        if len(self._level) >= SPREAD_SAMPLES:
+            self._spreads.append(_spread(self._level))
         if self.no_load is None:  # judged above 1 from the start: this level is the reference
             self._reference.extend(self._level)
             self.no_load = median
