@@ -9,7 +9,16 @@ sliding 60 s window, calls repeated (a request answered successfully twice) and 
 label and no failure reason). A rerun of each scenario must make zero calls (all cached). Also the
 offline baseline labeller's seconds per concept on the same concepts.
 
-    python benchmarks/bench_annotate.py [--scenarios rpm_bound,tpm_bound,baseline] [--concepts 1000]
+``queueing_1_slot`` / ``queueing_8_slots``: a server like a self-hosted one (llama.cpp, vLLM), that
+serves 1 or 8 requests at once and queues the rest, each taking 0.5 ms per prompt token (about 0.1 s
+for a median concept, 0.8 s for one cut to the prompt budget), streamed, no injected faults, no rate
+limits; the pool at ``--concurrency 16`` (the ceiling of the adaptive concurrency) with a 2 s
+first-token timeout, and the same concepts at fixed concurrencies 1, 2, 4, 8 and 16 for comparison.
+Counted at the server: requests per concept (1.00 means none was sent twice), requests the client
+abandoned (timed out) that the server still served.
+
+    python benchmarks/bench_annotate.py [--scenarios rpm_bound,tpm_bound,baseline,queueing_1_slot,queueing_8_slots]
+        [--concepts 1000] [--queue-concepts 100,480]
 """
 
 from __future__ import annotations
@@ -104,6 +113,51 @@ def llm_scenario(name: str, n: int, rpm: float, tpm: float, concurrency: int) ->
     return row
 
 
+QUEUE_PER_TOKEN_S = 0.0005
+QUEUE_TIMEOUT_S = 2.0
+FIXED = (1, 2, 4, 8, 16)
+
+
+def queue_run(srv: ServerProcess, n: int, slots: int, concurrency: int, adaptive: bool) -> dict:
+    """One run over fresh concepts (no cache) against the queueing server; what the server saw."""
+    srv.reset(slots=slots, per_token_s=QUEUE_PER_TOKEN_S)
+    store = make_store(n)
+    cfg = AnnotateConfig(backend="openai", base_url=srv.url, model="test-model", api_key_env=KEY_ENV,
+                         rpm=1e6, tpm=1e9, concurrency=concurrency, adaptive_concurrency=adaptive,
+                         timeout_s=QUEUE_TIMEOUT_S, progress=sys.stderr.isatty())
+    summary = annotate(store, n, cfg)
+    log = srv.log()
+    return {"concepts_per_min": round(n / summary["seconds"] * 60, 1), "seconds": summary["seconds"],
+            "requests": len(log), "requests_per_concept": round(len(log) / n, 3),
+            "timeouts": summary["timeouts"], "abandoned_but_served": sum(bool(e.get("client_gone")) for e in log),
+            "labelled": summary["labelled"], "failed": summary["failed"], "lost": lost(store, n, summary["annotator"]),
+            "p50_s": summary["call_p50_s"], "p99_s": summary["call_p99_s"], "summary": summary}
+
+
+def queueing_row(name: str, n: int, slots: int) -> dict:
+    key = "sk-bench-" + secrets.token_hex(16)
+    os.environ[KEY_ENV] = key
+    with ServerProcess(key) as srv:
+        adaptive = queue_run(srv, n, slots, 16, adaptive=True)
+        fixed = {c: queue_run(srv, n, slots, c, adaptive=False) for c in FIXED}
+    best = max(fixed, key=lambda c: fixed[c]["concepts_per_min"])
+    concurrency = adaptive.pop("summary")["concurrency"]
+    return {
+        "machine": MACHINE, "backend": "openai (fake server)", "scenario": name, "concepts": n, "slots": slots,
+        "rpm_limit": None, "tpm_limit": None, **adaptive, "retries": adaptive["requests"] - n,
+        "repeated_calls": adaptive["requests"] - n, "settled_concurrency": concurrency["settled"],
+        "final_concurrency": concurrency["final"], "concurrency_changes": concurrency["changes"],
+        "concurrency_ceiling": 16, "best_fixed_concurrency": best,
+        "best_fixed_concepts_per_min": fixed[best]["concepts_per_min"],
+        "adaptive_vs_best_fixed": round(adaptive["concepts_per_min"] / fixed[best]["concepts_per_min"], 3),
+        "fixed": {str(c): {k: v for k, v in r.items() if k in ("concepts_per_min", "requests_per_concept",
+                                                               "timeouts", "abandoned_but_served", "failed")}
+                  for c, r in fixed.items()},
+        "per_token_s": QUEUE_PER_TOKEN_S, "timeout_s": QUEUE_TIMEOUT_S,
+        "clock": "real time; server in its own process; box shared with other work",
+    }
+
+
 def baseline_row(n: int) -> dict:
     store = make_store(n)
     start = time.monotonic()
@@ -121,7 +175,9 @@ def merge(rows: list[dict]) -> None:
 def print_table(rows: list[dict]) -> None:
     cols = ["backend", "scenario", "concepts", "rpm_limit", "tpm_limit", "seconds", "achieved_rpm",
             "achieved_tpm", "binding_limit_used", "max_requests_in_60s", "max_tokens_in_60s", "concepts_per_min",
-            "p50_s", "p99_s", "retries", "repeated_calls", "lost", "rerun_calls", "s_per_concept"]
+            "p50_s", "p99_s", "retries", "repeated_calls", "lost", "rerun_calls", "s_per_concept",
+            "requests_per_concept", "timeouts", "settled_concurrency", "best_fixed_concurrency",
+            "best_fixed_concepts_per_min", "adaptive_vs_best_fixed"]
     cols = [c for c in cols if any(c in r for r in rows)]
     cells = [[("" if r.get(c) is None else str(r.get(c))) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
@@ -135,7 +191,10 @@ def main() -> None:
     parser.add_argument("--scenarios", default="rpm_bound,tpm_bound,baseline")
     parser.add_argument("--concepts", type=int, default=1000)
     parser.add_argument("--tpm", type=float, default=100_000, help="LLM tokens/min limit of tpm_bound")
+    parser.add_argument("--queue-concepts", default="100,480",
+                        help="concepts of queueing_1_slot and queueing_8_slots")
     args = parser.parse_args()
+    one_slot, eight_slots = (int(v) for v in args.queue_concepts.split(","))
     rows = []
     for name in args.scenarios.split(","):
         if name == "rpm_bound":
@@ -144,6 +203,10 @@ def main() -> None:
             rows.append(llm_scenario(name, args.concepts, rpm=100_000, tpm=args.tpm, concurrency=32))
         elif name == "baseline":
             rows.append(baseline_row(args.concepts))
+        elif name == "queueing_1_slot":
+            rows.append(queueing_row(name, one_slot, 1))
+        elif name == "queueing_8_slots":
+            rows.append(queueing_row(name, eight_slots, 8))
         else:
             raise SystemExit(f"unknown scenario {name}")
         print(json.dumps(rows[-1]), flush=True)

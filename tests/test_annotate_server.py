@@ -3,6 +3,7 @@ chat-completions protocol and misbehaves on demand. Counts are taken on the serv
 
 from __future__ import annotations
 
+import ast
 import os
 import secrets
 import signal
@@ -13,6 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -21,8 +23,9 @@ from cluster_service.annotate.budget import estimate_llm_tokens
 from cluster_service.annotate.config import AnnotateConfig
 from cluster_service.annotate.labels import annotator_name, concepts_with_labels
 from cluster_service.annotate.llm import build_tasks
-from cluster_service.annotate.stage import annotate_table
-from cluster_service.cluster.concepts import CONCEPT_SCHEMA
+from cluster_service.annotate.prompts import HIERARCHY_NOTE
+from cluster_service.annotate.stage import TOTAL, AnnotationFailed, annotate_run, annotate_table
+from cluster_service.cluster.concepts import CONCEPT_SCHEMA, hierarchy
 from cluster_service.errors import StageFailed, UserError
 from cluster_service.store import ANNOTATIONS, RunStore
 from cluster_service.testing.concepts import synthetic_concept_table
@@ -384,3 +387,221 @@ def test_set_default_picks_among_annotators(fake, tmp_path):
     assert unknown.returncode == 2 and unknown.stderr.strip().count("\n") == 0
     assert "'gpt-5' (there are: openai-test-model-lexical, openai-test-model-paper)" in unknown.stderr
     assert fake.log() and len(fake.log()) == 2 * n  # setting the default labels nothing
+
+
+# ---- servers that queue, as self-hosted ones do (llama.cpp, vLLM, Ollama): ``slots`` serve at once, the
+# others wait first come first served, each taking time proportional to its prompt; replies streamed.
+# The box these run on is shared, so timing bounds are generous; the 10% throughput goal is checked
+# exactly in test_annotate_adaptive (a simulation) and measured in benchmarks/bench_annotate.py.
+
+QUEUE_LAYER = 1
+
+
+def queue_store(root: Path, n: int, lo: int = 18, hi: int = 24) -> RunStore:
+    store = RunStore(root)
+    sizes = [lo + (5 * i) % (hi - lo + 1) for i in range(n)]
+    store.write_concepts(QUEUE_LAYER, n, synthetic_concept_table(sizes, seed=n))
+    return store
+
+
+def queue_config(srv: ServerProcess, **kw) -> AnnotateConfig:
+    """No rate limit to speak of: the server's slots are the only bound."""
+    return config(srv, **{"rpm": 60_000, "tpm": 100_000_000, **kw})
+
+
+def run_table(store: RunStore, n: int, cfg: AnnotateConfig) -> dict:
+    try:
+        return annotate_table(store, QUEUE_LAYER, n, cfg)
+    except AnnotationFailed as exc:
+        return exc.summary
+
+
+def most_at_once(log: list[dict]) -> int:
+    """The most of these requests in the server at once (queued or served), from their arrival and end
+    times (the server's own count would include other tests' requests still hanging there)."""
+    events = sorted([(e["t"], 1) for e in log] + [(e["done_t"], -1) for e in log])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def sent_twice(log: list[dict]) -> int:
+    return sum(c - 1 for c in Counter(e["hash"] for e in log).values())
+
+
+def test_one_slot_server_no_timeouts_nothing_sent_twice_settles_at_one(fake, tmp_path):
+    n = 24
+    fake.control(slots=1, per_token_s=0.0005)  # ~70 ms per concept prompt, one at a time
+    store = queue_store(tmp_path / "adaptive", n)
+    summary = run_table(store, n, queue_config(fake, concurrency=16, timeout_s=0.6))
+    log = fake.log()
+    assert summary["labelled"] == n and summary["timeouts"] == 0
+    assert len(log) == n and sent_twice(log) == 0 and not any(e.get("client_gone") for e in log)
+    assert all(e["stream"] for e in log) and most_at_once(log) <= 2
+    assert summary["concurrency"]["settled"] == 1 and summary["concurrency"]["ceiling"] == 16
+    # usage came in the streams' last chunks
+    assert summary["prompt_tokens"] == sum(e["prompt_tokens"] for e in log)
+    assert summary["completion_tokens"] == sum(e["completion_tokens"] for e in log) > 0
+
+    # the same at a fixed 16 in flight: the queued requests time out and are sent again, while the
+    # server still works on the abandoned ones (the failure this pool avoids)
+    fake.reset(slots=1, per_token_s=0.0005)
+    fixed = run_table(queue_store(tmp_path / "fixed", n), n,
+                      queue_config(fake, concurrency=16, timeout_s=0.6, adaptive_concurrency=False, max_retries=2))
+    log = fake.log()
+    assert fixed["timeouts"] > 0 and sent_twice(log) > 0 and any(e.get("client_gone") for e in log)
+
+
+def throughput(fake: ServerProcess, root: Path, n: int, **kw) -> tuple[float, float, dict]:
+    """Concepts per second over the whole run, and over its second half (arrivals at the server, once the
+    adaptive limit has ramped up from 1), and the run's summary."""
+    fake.reset(slots=8, per_token_s=0.0015)  # ~200 ms per concept prompt, 8 at once
+    cfg = queue_config(fake, **{"concurrency": 16, "timeout_s": 3.0, **kw})
+    summary = run_table(queue_store(root, n, 12, 30), n, cfg)
+    log = fake.log()
+    assert summary["labelled"] == n and summary["timeouts"] == 0 and sent_twice(log) == 0
+    arrivals = sorted(e["t"] for e in log)[n // 2:]
+    return n / summary["seconds"], (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]), summary
+
+
+def test_eight_slot_server_settles_near_eight_at_the_best_fixed_throughput(fake, tmp_path):
+    n = 160
+    whole, settled, summary = throughput(fake, tmp_path / "adaptive", n)
+    fixed = [throughput(fake, tmp_path / f"fixed{c}", n, concurrency=c, adaptive_concurrency=False)
+             for c in (8, 16)]
+    assert 6 <= summary["concurrency"]["settled"] <= 11, summary["concurrency"]
+    # once ramped up, as fast as a fixed 8 (margin: the box is shared). A fixed 16 can be faster still
+    # on a loaded box (requests queued at the server hide the client's turnaround), which the limit
+    # does not chase: see the benchmark's rows against the best of 1..16. Over the whole of this short
+    # run the ramp from 1 (a few service times) costs more than in the benchmark's longer one.
+    eight, sixteen = fixed
+    assert settled >= 0.85 * eight[1], (settled, eight[1], sixteen[1])
+    assert whole >= 0.5 * max(eight[0], sixteen[0]), (whole, eight[0], sixteen[0])
+
+
+def test_a_stream_that_stops_mid_reply_is_cut_at_the_chunk_timeout_and_retried(fake, tmp_path):
+    n, chunk_timeout = 4, 0.4
+    fake.control(script=["stall"], hang_s=20.0)
+    store = queue_store(tmp_path / "run", n)
+    summary = run_table(store, n, queue_config(fake, timeout_s=5.0, chunk_timeout_s=chunk_timeout, concurrency=1))
+    log = fake.log()
+    assert summary["labelled"] == n and summary["timeouts"] == 1 and summary["retries"] == 1
+    stalled = [e for e in log if e.get("stalled")]
+    assert len(stalled) == 1 and len(log) == n + 1
+    retry = next(e for e in log if e["hash"] == stalled[0]["hash"] and not e.get("stalled"))
+    waited = retry["t"] - stalled[0]["first_chunk_t"]
+    # noticed after the chunk timeout (not the 5 s first-token timeout, nor the 20 s stall), then backoff
+    assert chunk_timeout <= waited <= chunk_timeout + 0.5 + 1.5, waited
+
+
+def test_without_streaming_one_plain_call_per_concept(fake, tmp_path):
+    n = 6
+    summary = run_table(queue_store(tmp_path / "run", n), n, queue_config(fake, stream=False, timeout_s=5.0))
+    log = fake.log()
+    assert summary["labelled"] == n and len(log) == n and not any(e["stream"] for e in log)
+    assert summary["prompt_tokens"] == sum(e["prompt_tokens"] for e in log)
+
+
+# ---- labels at every level of the hierarchy (--hierarchy) and the whole job's dry run: concept tables
+# cut from one synthetic tree with the cluster stage's own ``hierarchy`` links, so the labels can be
+# checked against the tree.
+
+TREE_LAYER = 2
+THEMES = ["cities", "weekdays", "animals", "numbers", "adverbs", "ing_verbs"]
+#: leaf -> concept at each K: K=3 pairs the leaves, K=2 merges the first two pairs and keeps the third
+LEAVES = {6: np.arange(6), 3: np.array([0, 0, 1, 1, 2, 2]), 2: np.array([0, 0, 0, 0, 1, 1])}
+ANNOTATOR = annotator_name("openai", "test-model", "paper")
+
+
+def tree_store(root: Path) -> RunStore:
+    """Concept tables at K = 6, 3, 2 of one tree: each concept's words are its leaves' words."""
+    store = RunStore(root)
+    leaves = synthetic_concept_table([60] * 6, seed=3, themes=THEMES).to_pylist()
+    links = hierarchy({k: v.astype(np.int32) for k, v in LEAVES.items()})
+    for k, of_leaf in LEAVES.items():
+        parent, children = (a.to_pylist() for a in links[k])
+        rows = []
+        for c in range(k):
+            members = [leaves[i] for i in np.flatnonzero(of_leaf == c)]
+            words = [w for m in members for w in m["words"]]
+            counts = Counter(words)
+            rows.append({"concept": c, "size": len(words), "words": words,
+                         "top_types": [{"word": w, "count": n} for w, n in counts.most_common(50)],
+                         "examples": [e for m in members for e in m["examples"]][:5],
+                         "centroid": [0.0] * 4, "parent": parent[c], "children": children[c]})
+        store.write_concepts(TREE_LAYER, k, pa.Table.from_pylist(rows, schema=CONCEPT_SCHEMA))
+    return store
+
+
+def tree_config(srv: ServerProcess, **kw) -> AnnotateConfig:
+    return config(srv, **{"hierarchy": True, "concurrency": 4, **kw})
+
+
+def labelled(store: RunStore, k: int) -> list[dict]:
+    return concepts_with_labels(store, TREE_LAYER, k, ANNOTATOR).to_pylist()
+
+
+def test_hierarchy_labels_follow_the_tree_from_the_children_up(fake, tmp_path):
+    fake.control(log_prompts=True)
+    store = tree_store(tmp_path / "run")
+    summaries = annotate_run(store, tree_config(fake))
+    assert list(summaries) == [f"layer_{TREE_LAYER}_k{k}" for k in (6, 3, 2)]  # finest first
+    tables = {k: labelled(store, k) for k in LEAVES}
+    assert {r["label_prompt"] for r in tables[6]} == {"paper"}  # the paper's prompt at the finest K
+    assert {r["label_prompt"] for r in tables[3]} == {"paper+hierarchy"}
+    assert [r["label_prompt"] for r in tables[2]] == ["paper+hierarchy", "copied_from_child"]
+    assert all(r["label_status"] == "ok" and r["label"] for t in tables.values() for r in t)
+
+    log = fake.log()
+    assert len(log) == 6 + 3 + 1  # the concept with one child cost no call
+    asked = [e["user"] for e in log if HIERARCHY_NOTE in e["user"]]
+    assert len(asked) == 4
+    listed = [ast.literal_eval(text.split(HIERARCHY_NOTE, 1)[1]) for text in asked]
+    for finer, coarser in ((6, 3), (3, 2)):
+        for parent in tables[coarser]:
+            for child in parent["children"]:
+                assert tables[finer][child]["parent"] == parent["concept"]  # every child's parent contains it
+            child_labels = [tables[finer][c]["label"] for c in parent["children"]]
+            if len(child_labels) == 1:
+                assert parent["label"] == child_labels[0] and parent["label_calls"] == 0
+            else:
+                assert child_labels in listed  # labelled from exactly its own children's labels
+    # the short prompt is cheaper than the full one for the same concept
+    rows = store.read_concepts(TREE_LAYER, 3).to_pylist()
+    full = [estimate_llm_tokens(t.request["messages"]) for t in build_tasks(tree_config(fake), rows)]
+    short = [r["label_prompt_tokens"] for r in tables[3]]
+    assert all(s < 0.75 * f for s, f in zip(short, full, strict=True)), (short, full)
+
+    again = annotate_run(store, tree_config(fake))  # resumable: every call answered by the cache
+    assert all(s["calls"] == 0 for s in again.values()) and len(fake.log()) == len(log)
+
+
+def test_without_labelled_children_the_usual_prompt(fake, tmp_path):
+    store = tree_store(tmp_path / "run")
+    annotate_run(store, tree_config(fake, k=[3]))  # the finer K=6 was never labelled
+    assert {r["label_prompt"] for r in labelled(store, 3)} == {"paper"}
+
+
+def test_dry_run_prices_the_whole_job_and_sends_nothing(fake, tmp_path):
+    store = tree_store(tmp_path / "run")
+    cfg = tree_config(fake, dry_run=True, input_price_per_mtok=1.0, output_price_per_mtok=4.0, rpm=3, tpm=1e6)
+    out = annotate_run(store, cfg)
+    total = out[TOTAL]
+    assert total["tables"] == 3 and total["concepts"] == 11 and total["copied_from_child"] == 1
+    assert total["calls"] == 10 and total["hierarchy_prompts"] == 4
+    tables = [v for name, v in out.items() if name != TOTAL]
+    assert total["est_prompt_tokens"] == sum(t["est_prompt_tokens"] for t in tables)
+    assert total["est_cost_usd"] == pytest.approx((total["est_prompt_tokens"] * 1.0
+                                                   + total["max_completion_tokens"] * 4.0) / 1e6)
+    assert total["est_minutes_at_limits"] == pytest.approx(10 / 3, abs=0.01) and total["binding_limit"] == "rpm"
+    assert fake.log() == [] and not store.has(ANNOTATIONS) and not store.listdir("labels")
+
+    proc = subprocess.run([sys.executable, "-m", "cluster_service.cli", "annotate", store.where(), "--backend",
+                           "openai", "--model", "gpt-4o-mini", "--dry-run", "--hierarchy"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OPENAI_API_KEY": "unused"})
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run total (openai, gpt-4o-mini): 3 tables, 11 concepts, 10 calls to make" in proc.stdout
+    assert "estimated cost $" in proc.stdout and "min at the --rpm/--tpm limits" in proc.stdout
+    assert fake.log() == []

@@ -1,5 +1,7 @@
 """The OpenAI-compatible backend: one chat call, and every way it can fail sorted into what to do next.
 
+Replies are streamed (``stream_options.include_usage``, so usage still arrives, in the last chunk), with a
+timeout to the first chunk and one between chunks instead of one for the whole reply (``OpenAIBackend``).
 The ``openai`` client's own retries are off (``max_retries=0``): the pool retries, so that every attempt
 passes the rate limiter and is counted. Errors become ``CallError`` with an action: ``retry`` (429,
 5xx, timeouts, connection errors, malformed bodies; with the server's Retry-After if it sent one),
@@ -10,6 +12,7 @@ The API key is read from the environment here and nowhere else, and scrubbed fro
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import os
@@ -52,6 +55,17 @@ class CallError(Exception):
     status: int | None = None
     retry_after: float | None = None
     limits: ServerLimits | None = None
+    timeout: bool = False  # no first token, or no next chunk, in time
+
+    @property
+    def overload(self) -> bool:
+        """The server could not keep up (a timeout, a 503, or a 429 that is not a rate limit): the pool
+        lowers its concurrency. A 429 with Retry-After or ``x-ratelimit-*`` headers is a rate limit,
+        which the rate limiter answers (it pauses and adopts the server's limits): fewer requests in
+        flight would not make the window's quota larger."""
+        if self.timeout or self.status == 503:
+            return True
+        return self.status == 429 and self.retry_after is None and self.limits is None
 
     def __str__(self) -> str:
         return self.reason
@@ -112,10 +126,23 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
+#: Default longest silence between two chunks of a streamed reply before it counts as a stalled server.
+CHUNK_TIMEOUT_S = 15.0
+
+
 class OpenAIBackend:
+    """Chat calls to one OpenAI-compatible endpoint, streamed by default.
+
+    A streamed reply has two timeouts instead of one for the whole request: ``first_token_timeout_s``
+    (per call; the pool lengthens it as it sees requests wait in a server's queue) until the first
+    chunk, and ``chunk_timeout_s`` between chunks, so a slow but working server is never cut off and one
+    that stops sending mid-reply is noticed within the chunk timeout. ``stream=False`` makes one plain
+    call bounded by ``timeout_s`` (for servers that cannot stream)."""
+
     name = "openai"
 
-    def __init__(self, base_url: str | None, model: str, api_key_env: str, timeout_s: float):
+    def __init__(self, base_url: str | None, model: str, api_key_env: str, timeout_s: float,
+                 chunk_timeout_s: float = CHUNK_TIMEOUT_S, stream: bool = True):
         key = os.environ.get(api_key_env)
         if not key:
             raise UserError(f"annotate: environment variable {api_key_env} is not set; export the API key "
@@ -124,40 +151,100 @@ class OpenAIBackend:
         self.base_url = base_url
         self._key = key
         self.where = base_url or "the OpenAI API"
-        self.client = openai.AsyncOpenAI(api_key=key, base_url=base_url, timeout=timeout_s, max_retries=0)
+        self.timeout_s = timeout_s
+        self.chunk_timeout_s = chunk_timeout_s
+        self.stream = stream
+        # streamed calls are bounded by our own first-token and chunk timeouts, not the client's read timeout
+        timeout = openai.Timeout(None, connect=timeout_s) if stream else timeout_s
+        self.client = openai.AsyncOpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
 
     def _err(self, action: str, reason: str, **kw: Any) -> CallError:
         return CallError(action, redact(reason, self._key), **kw)
 
-    async def complete(self, request: dict[str, Any]) -> tuple[Reply, ServerLimits | None]:
+    async def complete(self, request: dict[str, Any],
+                       first_token_timeout_s: float | None = None) -> tuple[Reply, ServerLimits | None]:
         """One chat completion for ``request`` (messages + parameters), and what the server said about
-        its rate limits; raises ``CallError``."""
+        its rate limits; raises ``CallError``. ``first_token_timeout_s`` defaults to ``timeout_s``."""
         start = time.monotonic()
         try:
+            if self.stream:
+                return await self._streamed(request, start, first_token_timeout_s or self.timeout_s)
             raw = await self.client.chat.completions.with_raw_response.create(model=self.model, **request)
             completion = raw.parse()
-        except openai.APITimeoutError:
-            raise self._err(RETRY, "request timed out") from None
+        except (openai.APITimeoutError, TimeoutError):
+            raise self._err(RETRY, "request timed out", timeout=True) from None
         except openai.APIConnectionError as exc:
             raise self._err(RETRY, f"connection error: {exc.__cause__ or exc}") from None
         except openai.APIStatusError as exc:
             raise self._classify(exc) from None
         except (json.JSONDecodeError, ValueError, openai.APIResponseValidationError) as exc:
             raise self._err(RETRY, f"malformed response body: {exc}") from None
+        except openai.APIError as exc:  # an error event inside a stream
+            raise self._err(RETRY, f"error in the stream: {exc}") from None
         latency = time.monotonic() - start
         choices = getattr(completion, "choices", None)
         if not choices:
             raise self._err(RETRY, "malformed response: no choices")
         choice = choices[0]
         message = getattr(choice, "message", None)
-        content = getattr(message, "content", None)
-        if content is None and choice.finish_reason != "content_filter":
-            raise self._err(RETRY, f"malformed response: no content (finish_reason {choice.finish_reason})")
-        usage = getattr(completion, "usage", None)
-        reply = Reply(content, choice.finish_reason, getattr(completion, "model", None),
-                      int(getattr(usage, "prompt_tokens", 0) or 0),
-                      int(getattr(usage, "completion_tokens", 0) or 0), latency)
-        return reply, server_limits(raw.headers)
+        return self._reply(getattr(message, "content", None), choice.finish_reason,
+                           getattr(completion, "model", None), getattr(completion, "usage", None),
+                           latency, latency), server_limits(raw.headers)
+
+    def _reply(self, content: str | None, finish_reason: str | None, model: str | None, usage: Any,
+               latency: float, first_token: float | None) -> Reply:
+        if content is None and finish_reason != "content_filter":
+            raise self._err(RETRY, f"malformed response: no content (finish_reason {finish_reason})")
+        return Reply(content, finish_reason, model, int(getattr(usage, "prompt_tokens", 0) or 0),
+                     int(getattr(usage, "completion_tokens", 0) or 0), latency, first_token_s=first_token)
+
+    async def _streamed(self, request: dict[str, Any], start: float,
+                        first_token_timeout_s: float) -> tuple[Reply, ServerLimits | None]:
+        """Stream the reply: the first chunk within ``first_token_timeout_s`` of sending (headers
+        included), each next one within ``chunk_timeout_s``; usage comes in the last chunk."""
+        deadline = start + first_token_timeout_s
+
+        def first_chunk_left() -> float:
+            return max(0.001, deadline - time.monotonic())
+
+        raw = await asyncio.wait_for(self.client.chat.completions.with_raw_response.create(
+            model=self.model, stream=True, stream_options={"include_usage": True}, **request),
+            timeout=first_chunk_left())
+        stream = raw.parse()
+        parts: list[str] = []
+        finish = model = usage = first_token = None
+        saw_choice = False
+        try:
+            chunks = stream.__aiter__()
+            while True:
+                wait = first_chunk_left() if first_token is None else self.chunk_timeout_s
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), timeout=wait)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    what = ("no first token within " if first_token is None
+                            else "server stopped sending mid-reply: no chunk within ")
+                    raise self._err(RETRY, f"{what}{wait:.1f} s", timeout=True) from None
+                if first_token is None:
+                    first_token = time.monotonic() - start
+                model = getattr(chunk, "model", None) or model
+                usage = getattr(chunk, "usage", None) or usage
+                for choice in getattr(chunk, "choices", None) or []:
+                    saw_choice = True
+                    delta = getattr(choice, "delta", None)
+                    if delta is not None and delta.content:
+                        parts.append(delta.content)
+                    finish = choice.finish_reason or finish
+        finally:
+            await stream.close()
+        if not saw_choice:
+            raise self._err(RETRY, "malformed response: the stream carried no choices")
+        if finish is None:
+            raise self._err(RETRY, "malformed response: the stream ended without a finish_reason")
+        content = "".join(parts) if parts or finish != "content_filter" else None
+        return (self._reply(content, finish, model, usage, time.monotonic() - start, first_token),
+                server_limits(raw.headers))
 
     def _classify(self, exc: openai.APIStatusError) -> CallError:
         status = exc.status_code

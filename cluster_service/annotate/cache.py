@@ -44,6 +44,7 @@ class Reply:
     completion_tokens: int
     latency_s: float
     cached: bool = False
+    first_token_s: float | None = None  # time to the first streamed chunk (queue wait + prompt processing)
 
 
 def request_key(backend: str, model: str, request: dict[str, Any]) -> str:

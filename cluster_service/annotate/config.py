@@ -17,6 +17,13 @@ class AnnotateConfig:
     k: list[PositiveInt] = field(default_factory=list)
     """Numbers of concepts (K) whose concept tables to label; empty or 'all' means every K clustered."""
 
+    hierarchy: bool = False
+    """Label each layer's tables from the largest K down, and a concept at a smaller K whose children (at
+    the next larger K) all have labels from its children's labels and a sample of its words (a shorter,
+    cheaper prompt); a concept with one child takes its label without a call. LLM backends only."""
+    hierarchy_words: PositiveInt = 30
+    """Words sampled (seeded, type proportions kept) into a --hierarchy prompt."""
+
     backend: Literal["baseline", "openai"] = "baseline"
     """'baseline' labels offline from the tokens and spaCy (not an LLM, marked as such); 'openai' calls
     any OpenAI-compatible chat endpoint (OpenAI, Azure, vLLM, llama.cpp server, Ollama)."""
@@ -52,9 +59,20 @@ class AnnotateConfig:
     burst_s: NonNegativeFloat = 1.0
     """Token-bucket burst: how many seconds' worth of the rate may be sent at once."""
     concurrency: PositiveInt = 16
-    """Most requests in flight at once."""
+    """Most requests in flight at once: the ceiling of the adaptive concurrency (or the fixed value with
+    --no-adaptive-concurrency)."""
+    adaptive_concurrency: bool = True
+    """Start at one request in flight and find the server's real capacity from latency (raised while the
+    latency stays flat, lowered when it grows with the number in flight or on 429/503/timeouts)."""
     timeout_s: PositiveFloat = 60.0
-    """Per-request timeout in seconds."""
+    """Time to the first token in seconds; it grows to 3 x the slowest time to first token seen, so
+    requests waiting in a self-hosted server's queue are not cut off (without streaming: the whole
+    request)."""
+    chunk_timeout_s: PositiveFloat = 15.0
+    """Longest silence between two chunks of a streamed reply before the server counts as stalled and
+    the request is retried."""
+    stream: bool = True
+    """Stream replies (with usage in the last chunk); turn off for servers that cannot stream."""
     max_retries: NonNegativeInt = 8
     """Retries per concept after 429, 5xx, timeouts and malformed replies, before it is marked failed."""
     backoff_base_s: PositiveFloat = 1.0

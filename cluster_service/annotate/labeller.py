@@ -50,6 +50,7 @@ class Labelling:
     price: tuple[float, float] | None = (0.0, 0.0)  # USD per million LLM tokens; None when unknown
     latencies: list[float] = field(default_factory=list)
     fatal: str | None = None  # why the endpoint stopped the whole run (bad key, unknown model)
+    concurrency: dict[str, Any] | None = None  # the adaptive limit: settled value, ceiling, changes
 
 
 class Labeller(Protocol):

@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..store import ANNOTATIONS, RunStore
-from .budget import cut_to_budget, estimate_llm_tokens, unique_types
+from .budget import cut_to_budget, estimate_llm_tokens, proportional_sample, unique_types
 from .cache import ReplyCache, request_key
 from .config import AnnotateConfig
-from .labeller import Labelling, Outcome
+from .hierarchy import COPIED
+from .labeller import OK, Labelling, Outcome
 from .labels import annotator_name
 from .mirror import MirroredCache, default_path, store_copy
 from .pool import AnnotationPool, PoolSettings, Task
-from .prompts import build_messages
+from .prompts import Messages, build_messages, hierarchy_messages
 from .ratelimit import RateLimiter
 from .usage import Usage, model_price
 
 
-def build_request(cfg: AnnotateConfig, words: Sequence[str],
-                  examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def build_request(cfg: AnnotateConfig, words: Sequence[str], examples: Sequence[dict[str, Any]],
+                  render: Callable[[Sequence[str]], Messages] | None = None) -> dict[str, Any]:
+    """One chat request: the ``render``ed messages (default: the configured prompt over ``words``)."""
+    messages = render(words) if render is not None else build_messages(cfg.prompt, words, examples,
+                                                                         cfg.context_sentences)
     request: dict[str, Any] = {
-        "messages": build_messages(cfg.prompt, words, examples, cfg.context_sentences),
+        "messages": messages,
         "temperature": cfg.temperature,
         "max_tokens": cfg.max_tokens,
     }
@@ -42,20 +46,45 @@ def build_request(cfg: AnnotateConfig, words: Sequence[str],
 
 
 def build_tasks(cfg: AnnotateConfig, rows: Sequence[dict[str, Any]]) -> list[Task]:
-    """One request per concept, its words cut to the prompt budget by seeded proportional sampling."""
+    """One request per concept, its words cut to the prompt budget by seeded proportional sampling. A
+    row with ``child_labels`` (``--hierarchy``) gets the short prompt: a sample of ``hierarchy_words``
+    of its words and its children's labels."""
     tasks = []
     for row in rows:
         examples = row["examples"] or []
-        render = partial(build_messages, cfg.prompt, examples=examples, n_context=cfg.context_sentences)
+        key = f"{cfg.seed}:{row['concept']}"
         words = row["words"] or [t["word"] for t in row["top_types"] or []]
-        kept = cut_to_budget(words, cfg.max_prompt_tokens, f"{cfg.seed}:{row['concept']}", render)
+        child_labels = row.get("child_labels")
+        variant = None
+        if child_labels:
+            render = partial(hierarchy_messages, cfg.prompt, child_labels=child_labels, examples=examples,
+                             n_context=cfg.context_sentences)
+            words = proportional_sample(words, cfg.hierarchy_words, key)
+            variant = cfg.prompt + "+hierarchy"
+        else:
+            render = partial(build_messages, cfg.prompt, examples=examples, n_context=cfg.context_sentences)
+        kept = cut_to_budget(words, cfg.max_prompt_tokens, key, render)
 
         def fallback(words: Sequence[str] = words, examples: Sequence[dict[str, Any]] = examples,
                      render=render) -> dict[str, Any]:
-            return build_request(cfg, unique_types(words, cfg.max_prompt_tokens, render), examples)
+            return build_request(cfg, unique_types(words, cfg.max_prompt_tokens, render), examples, render)
 
-        tasks.append(Task(int(row["concept"]), build_request(cfg, kept, examples), fallback))
+        tasks.append(Task(int(row["concept"]), build_request(cfg, kept, examples, render), fallback, variant))
     return tasks
+
+
+def copied_outcomes(rows: Sequence[dict[str, Any]]) -> tuple[list[Outcome], list[dict[str, Any]]]:
+    """Concepts with a single labelled child are that child (``--hierarchy``): its label, no call.
+    Returns those outcomes and the rows left to ask about."""
+    copied, rest = [], []
+    for row in rows:
+        child = row.get("child_labels")
+        if child is not None and len(child) == 1:
+            copied.append(Outcome(int(row["concept"]), OK, label=child[0], prompt_variant="copied_from_child",
+                                  raw=f"{COPIED}: {child[0]}"))
+        else:
+            rest.append(row)
+    return copied, rest
 
 
 def cache_path(store: RunStore, cfg: AnnotateConfig) -> Path:
@@ -109,6 +138,7 @@ class LLMLabeller:
         return tasks
 
     def estimate(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        copied, rows = copied_outcomes(rows)
         cfg, store, tasks = self.cfg, self.store, self.tasks(rows)
         keys = [request_key(self.backend, cfg.model, t.request) for t in tasks]
         hits = cached_keys(cache_path(store, cfg), keys)
@@ -121,25 +151,29 @@ class LLMLabeller:
         completion_tokens = cfg.max_tokens * len(todo)
         cost = Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens).cost(self.price)
         minutes = max(len(todo) / cfg.rpm, (prompt_tokens + completion_tokens) / cfg.tpm) * cfg.rate_window_s / 60
-        return {"dry_run": True, "backend": self.backend, "model": cfg.model, "concepts": len(tasks),
+        return {"dry_run": True, "backend": self.backend, "model": cfg.model,
+                "concepts": len(tasks) + len(copied), "copied_from_child": len(copied),
+                "hierarchy_prompts": sum(t.variant is not None for t in todo),
                 "calls": len(todo), "cached": len(tasks) - len(todo), "est_prompt_tokens": prompt_tokens,
                 "max_completion_tokens": completion_tokens, "est_llm_tokens": prompt_tokens + completion_tokens,
                 "est_cost_usd": cost, "est_minutes_at_limits": round(minutes, 2)}
 
     def label(self, rows: Sequence[dict[str, Any]]) -> Labelling:
+        copied, rows = copied_outcomes(rows)
         outcomes, pool = asyncio.run(self._run_pool(self.tasks(rows)))
-        return Labelling(outcomes, self.cfg.model, pool.usage, self.price, pool.latencies,
-                         pool.fatal.reason if pool.fatal is not None else None)
+        return Labelling(copied + outcomes, self.cfg.model, pool.usage, self.price, pool.latencies,
+                         pool.fatal.reason if pool.fatal is not None else None, pool.concurrency_summary())
 
     async def _run_pool(self, tasks: list[Task]) -> tuple[list[Outcome], AnnotationPool]:
         from .backends import OpenAIBackend
 
         cfg = self.cfg
-        backend = OpenAIBackend(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout_s)
+        backend = OpenAIBackend(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout_s, cfg.chunk_timeout_s,
+                                cfg.stream)
         cache = open_cache(self.store, cfg)
         limiter = RateLimiter(cfg.rpm, cfg.tpm, cfg.rate_window_s, cfg.burst_s)
         settings = PoolSettings(cfg.prompt, cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s,
-                                cfg.concurrency, cfg.max_tokens, cfg.progress, cfg.seed)
+                                cfg.concurrency, cfg.max_tokens, cfg.progress, cfg.seed, cfg.adaptive_concurrency)
         pool = AnnotationPool(backend, cache, limiter, settings)
         try:
             return await pool.run(tasks), pool

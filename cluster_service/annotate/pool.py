@@ -1,9 +1,12 @@
 """The async annotation pool: every concept ends labelled or failed with a reason, none silently lost.
 
-One coroutine per concept; a semaphore bounds the requests in flight, the ``RateLimiter`` paces them,
-the ``ReplyCache`` answers anything already paid for. The first live call goes alone (a probe), so a
-wrong key or model name costs one request, not ``concurrency`` of them; any fatal answer afterwards
-stops every coroutine before its next send.
+One coroutine per concept; a ``Gate`` bounds the requests in flight at the ``AdaptiveLimit`` (which
+finds the server's real capacity from latency, up to ``concurrency``; see ``adaptive``), the
+``RateLimiter`` paces them (rpm/tpm stay hard ceilings), the ``ReplyCache`` answers anything already
+paid for. A request's first-token timeout is max(``timeout_s``, 3 × the slowest time to first token
+seen), so one that waits behind others in a server's queue is not cut off and sent again. The first
+live call goes alone (a probe), so a wrong key or model name costs one request, not ``concurrency``
+of them; any fatal answer afterwards stops every coroutine before its next send.
 
 Per concept (``_one``): get a reply (``_reply``: the cache, a concept with the same prompt in flight, or
 ``_attempt`` with backoff between retries), ``_classify`` it into a label or a reason, and fall back to
@@ -25,6 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..logs import log_event
+from .adaptive import AdaptiveLimit
 from .backends import FATAL, PERMANENT, REFUSED, CallError, OpenAIBackend
 from .budget import estimate_llm_tokens
 from .cache import Reply, ReplyCache, request_key
@@ -34,7 +38,8 @@ from .ratelimit import RateLimiter
 from .usage import Usage
 
 log = logging.getLogger("cluster_service.annotate")
-
+#: The first-token timeout is at least this many times the slowest time to first token seen so far.
+FIRST_TOKEN_MARGIN = 3.0
 
 
 @dataclass
@@ -44,6 +49,7 @@ class Task:
     concept: int
     request: dict[str, Any]
     fallback: Callable[[], dict[str, Any]]
+    variant: str | None = None  # the prompt variant recorded with the label (default: the settings' prompt)
 
 
 @dataclass
@@ -56,6 +62,33 @@ class PoolSettings:
     max_tokens: int
     progress: bool = True
     seed: int = 0
+    adaptive: bool = True
+    """Find the concurrency from latency, ``concurrency`` being the ceiling; False holds it at ``concurrency``."""
+
+
+class Gate:
+    """At most ``limit`` holders at once, with a limit that may change while others wait."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> Gate:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.held < self.limit)
+            self.held += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self.held -= 1
+            self._changed.notify_all()
+
+    async def set_limit(self, limit: int) -> None:
+        async with self._changed:
+            self.limit = limit
+            self._changed.notify_all()
 
 
 class Refused(Exception):
@@ -80,9 +113,23 @@ class AnnotationPool:
         self._ratio = 1.0  # server-counted prompt LLM tokens per estimated one, learned from usage
         self._first_usage = True
         self._rng = random.Random(self.settings.seed)
+        ceiling = self.settings.concurrency
+        self.concurrency = AdaptiveLimit(ceiling, start=1 if self.settings.adaptive else ceiling)
+        self.slowest_first_token_s = 0.0
+        self._sending = 0
+
+    def first_token_timeout(self) -> float:
+        """max(--timeout-s, 3 × the slowest time to first token seen so far)."""
+        return max(self.backend.timeout_s, FIRST_TOKEN_MARGIN * self.slowest_first_token_s)
+
+    def concurrency_summary(self) -> dict[str, Any]:
+        limit = self.concurrency
+        return {"adaptive": self.settings.adaptive, "ceiling": limit.ceiling, "final": limit.limit,
+                "settled": limit.settled(), "changes": len(limit.history) - 1,
+                "no_load_s_per_llm_token": limit.no_load}
 
     async def run(self, tasks: list[Task]) -> list[Outcome]:
-        self._sem = asyncio.Semaphore(self.settings.concurrency)
+        self._gate = Gate(self.concurrency.limit)
         self._inflight: dict[str, asyncio.Event] = {}  # concepts with identical prompts share one call
         self._verified = asyncio.Event()
         self._probe = asyncio.Lock()
@@ -92,8 +139,8 @@ class AnnotationPool:
         async def tracked(task: Task) -> Outcome:
             outcome = await self._one(task)
             bar.update(1)
-            bar.set_postfix(calls=self.usage.calls, cached=self.usage.cached, retries=self.usage.retries,
-                            refresh=False)
+            bar.set_postfix(in_flight_limit=self.concurrency.limit, calls=self.usage.calls,
+                            cached=self.usage.cached, retries=self.usage.retries, refresh=False)
             return outcome
 
         try:
@@ -120,8 +167,9 @@ class AnnotationPool:
 
     def _variants(self, task: Task) -> Iterator[tuple[dict[str, Any], str]]:
         """The request, then (built only if the first was refused) each type once: the paper's fallback."""
-        yield task.request, self.settings.prompt
-        yield task.fallback(), self.settings.prompt + "+unique_types"
+        variant = task.variant or self.settings.prompt
+        yield task.request, variant
+        yield task.fallback(), variant + "+unique_types"
 
     def _classify(self, reply: Reply, out: Outcome) -> None:
         """Fill ``out`` from a reply: a label (clean, or cut off at the completion limit) or why not."""
@@ -225,20 +273,41 @@ class AnnotationPool:
     async def _call(self, request: dict[str, Any]) -> Reply:
         raw_estimate = estimate_llm_tokens(request["messages"])
         prompt_estimate = math.ceil(raw_estimate * self._ratio)
-        async with self._sem:
+        async with self._gate:
             grant = await self.limiter.acquire(prompt_estimate + self.settings.max_tokens)
             if self.fatal is not None:
                 self.limiter.settle(grant, 0)
                 raise CallError(FATAL, self.fatal.reason)
             self.usage.calls += 1
+            # requests really at the server, this one included (not those the rate limiter still holds)
+            self._sending += 1
+            in_flight, epoch = self._sending, self.concurrency.epoch
             try:
-                reply, limits = await self.backend.complete(request)
+                reply, limits = await self.backend.complete(request,
+                                                            first_token_timeout_s=self.first_token_timeout())
             except CallError as exc:
                 # what the server counted for a failed call is unknown: the reservation stands
                 self.limiter.observe(exc.limits)
                 if exc.status is not None and exc.action != FATAL:
                     self._verified.set()
-                raise
+                self.usage.timeouts += exc.timeout
+                failed = exc
+            else:
+                failed = None
+            finally:
+                self._sending -= 1
+        # the limit moves once this request's slot is free, so that the next request sent is counted
+        # with what is really in flight
+        if failed is not None:
+            if failed.overload and self.settings.adaptive:
+                await self._adapt(self.concurrency.dropped(epoch), failed.reason)
+            raise failed
+        first_token = reply.first_token_s if reply.first_token_s is not None else reply.latency_s
+        self.slowest_first_token_s = max(self.slowest_first_token_s, first_token)
+        if self.settings.adaptive and self._verified.is_set():  # not the probe: it pays for the connection
+            changed = self.concurrency.completed(first_token, reply.prompt_tokens or prompt_estimate,
+                                                 in_flight, epoch)
+            await self._adapt(changed, f"latency {first_token:.3f} s to the first token at {in_flight} in flight")
         self._verified.set()
         self.limiter.settle(grant, reply.prompt_tokens + reply.completion_tokens)
         self.limiter.observe(limits)
@@ -250,3 +319,12 @@ class AnnotationPool:
         self.usage.completion_tokens += reply.completion_tokens
         self.latencies.append(reply.latency_s)
         return reply
+
+    async def _adapt(self, new_limit: int | None, why: str) -> None:
+        if new_limit is None:
+            return
+        old = self._gate.limit
+        await self._gate.set_limit(new_limit)
+        log_event(log, "concurrency " + ("raised" if new_limit > old else "lowered"), limit=new_limit,
+                  was=old, ceiling=self.concurrency.ceiling, why=why,
+                  first_token_timeout_s=round(self.first_token_timeout(), 3))

@@ -76,6 +76,18 @@ def build_messages(kind: str, words: Sequence[str], examples: Sequence[dict[str,
     raise ValueError(f"unknown prompt kind {kind!r}")
 
 
+HIERARCHY_NOTE = "\n\nThese words are a sample of a concept made of smaller concepts, already labelled: "
+
+
+def hierarchy_messages(kind: str, words: Sequence[str], child_labels: Sequence[str],
+                       examples: Sequence[dict[str, Any]] = (), n_context: int = 3) -> Messages:
+    """The ``kind`` prompt over a sample of the concept's words, followed by its children's labels: how
+    a concept at a smaller K is labelled from the labels below it (``--hierarchy``)."""
+    messages = build_messages(kind, words, examples, n_context)
+    messages[-1] = {**messages[-1], "content": messages[-1]["content"] + HIERARCHY_NOTE + word_list(child_labels)}
+    return messages
+
+
 @dataclass(frozen=True)
 class ParsedLabel:
     label: str

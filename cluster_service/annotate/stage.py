@@ -24,7 +24,7 @@ from ..cluster.concepts import concept_settings_key
 from ..errors import StageFailed, UserError
 from ..logs import log_event
 from ..store import RunStore
-from . import labels
+from . import hierarchy, labels
 from .config import AnnotateConfig
 from .labeller import FAILED, OK, TRUNCATED, Labeller, Labelling
 
@@ -58,6 +58,16 @@ def read_concept_rows(store: RunStore, layer: int, k: int) -> tuple[pa.Table, li
     return table, table.select(LABELLED_COLUMNS).to_pylist()
 
 
+def _with_hierarchy(store: RunStore, layer: int, k: int, cfg: AnnotateConfig, labeller: Labeller,
+                    table: pa.Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With ``--hierarchy`` (LLM labellers), each row with the labels of its children, where they all
+    have one (a dry run assumes the finer tables will be labelled)."""
+    if not cfg.hierarchy or labeller.is_baseline:
+        return rows
+    found = hierarchy.children_labels(store, layer, k, labeller.annotator, table, assume_labelled=cfg.dry_run)
+    return hierarchy.with_children_labels(rows, found)
+
+
 def make_labeller(store: RunStore, cfg: AnnotateConfig) -> Labeller:
     if cfg.backend == "baseline":
         from .baseline import BaselineLabeller
@@ -80,11 +90,13 @@ def _summary(labeller: Labeller, run: Labelling, seconds: float, labels_file: st
         "annotator": labeller.annotator, "labels_file": labels_file,
         "is_baseline": labeller.is_baseline, "concepts": len(run.outcomes), "labelled": counts[OK],
         "truncated": counts[TRUNCATED], "failed": counts[FAILED], "calls": usage.calls, "cached": usage.cached,
-        "retries": usage.retries, "prompt_tokens": usage.prompt_tokens,
+        "retries": usage.retries, "timeouts": usage.timeouts, "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens, "llm_tokens": usage.prompt_tokens + usage.completion_tokens,
         "cost_usd": usage.cost(run.price), "seconds": round(seconds, 3),
         "call_p50_s": _quantile(run.latencies, 0.5), "call_p99_s": _quantile(run.latencies, 0.99),
     }
+    if run.concurrency is not None:
+        summary["concurrency"] = run.concurrency
     if labeller.is_baseline:
         summary["note"] = "baseline labels (not an LLM): spaCy tags and token statistics"
     return summary
@@ -107,12 +119,39 @@ def concept_tables(store: RunStore, layers: Sequence[int] = (), ks: Sequence[int
     return sorted(found)
 
 
+#: The key of a dry run's totals over every table, beside the per-table ``layer_{L}_k{K}`` summaries.
+TOTAL = "total"
+
+
+def dry_run_total(summaries: list[dict[str, Any]], cfg: AnnotateConfig) -> dict[str, Any]:
+    """The whole job's calls, LLM tokens, dollars and minutes at the --rpm/--tpm limits (the time a run
+    takes when the limits bind; a slower server makes it longer, never shorter)."""
+    total: dict[str, Any] = {"dry_run": True, "tables": len(summaries), "backend": cfg.backend,
+                             "model": None if cfg.backend == "baseline" else cfg.model}
+    for name in ("concepts", "calls", "cached", "copied_from_child", "hierarchy_prompts", "est_prompt_tokens",
+                 "max_completion_tokens", "est_llm_tokens"):
+        total[name] = sum(int(s.get(name, 0)) for s in summaries)
+    costs = [s.get("est_cost_usd") for s in summaries]
+    total["est_cost_usd"] = None if None in costs else round(sum(costs), 6)
+    calls_minutes = total["calls"] / cfg.rpm * cfg.rate_window_s / 60
+    tokens_minutes = total["est_llm_tokens"] / cfg.tpm * cfg.rate_window_s / 60
+    total["est_minutes_at_limits"] = round(max(calls_minutes, tokens_minutes), 2)
+    total["binding_limit"] = "rpm" if calls_minutes >= tokens_minutes else "tpm"
+    return total
+
+
 def annotate_run(store: RunStore, cfg: AnnotateConfig) -> dict[str, Any]:
     """The stage: label every concept table of the run (or of ``cfg.layers`` / ``cfg.k``); returns
-    ``{"layer_{L}_k{K}": summary}``. Every table is tried; if concepts failed in any, ``StageFailed``
-    names them after the last table. A table whose labels are complete and current costs nothing: the
-    reply cache answers every call (the baseline recomputes in milliseconds)."""
+    ``{"layer_{L}_k{K}": summary}`` (and, for a dry run, the job's ``total``). Every table is tried;
+    if concepts failed in any, ``StageFailed`` names them after the last table. A table whose labels
+    are complete and current costs nothing: the reply cache answers every call (the baseline
+    recomputes in milliseconds). With ``cfg.hierarchy`` each layer goes from its largest K down."""
     tables = concept_tables(store, cfg.layers, cfg.k)
+    if cfg.hierarchy:  # finest first, so that each K's children are labelled before it
+        tables = sorted(tables, key=lambda t: (t[0], -t[1]))
+        if cfg.backend == "baseline":
+            log_event(log, "--hierarchy ignored: the baseline labels each concept from its own tokens",
+                      logging.WARNING)
     if not tables:
         wanted = f" for layers {cfg.layers or 'any'} and K {cfg.k or 'any'}" if cfg.layers or cfg.k else ""
         raise UserError(f"{store.where('concepts')}: no concept tables{wanted}; run `cluster-service cluster "
@@ -125,6 +164,8 @@ def annotate_run(store: RunStore, cfg: AnnotateConfig) -> dict[str, Any]:
         except AnnotationFailed as exc:
             out[f"layer_{layer}_k{k}"] = exc.summary
             failures.append(exc)
+    if cfg.dry_run:
+        out[TOTAL] = dry_run_total(list(out.values()), cfg)
     if failures:
         more = f" (and {len(failures) - 1} more tables)" if len(failures) > 1 else ""
         raise AnnotationFailed(f"{failures[0]}{more}", out)
@@ -138,6 +179,7 @@ def annotate_table(store: RunStore, layer: int, k: int, cfg: AnnotateConfig) -> 
     failed, in both cases after recording every concept's state in the labels file."""
     table, rows = read_concept_rows(store, layer, k)
     labeller = make_labeller(store, cfg)
+    rows = _with_hierarchy(store, layer, k, cfg, labeller, table, rows)
     if cfg.dry_run:
         return labeller.estimate(rows)
     start = time.monotonic()

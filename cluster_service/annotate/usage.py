@@ -53,6 +53,7 @@ class Usage:
     calls: int = 0  # HTTP requests sent, retries included
     cached: int = 0  # replies served from the cache
     retries: int = 0
+    timeouts: int = 0  # calls cut off at the first-token or chunk timeout
     prompt_tokens: int = 0  # LLM tokens, as reported by the endpoint for the calls of this run
     completion_tokens: int = 0
 

@@ -90,10 +90,38 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A dry run over more tables than this prints only its total (--json has every table).
+DRY_RUN_TABLE_LINES = 10
+
+
 def _report(summaries: dict, as_json: bool, store: RunStore) -> None:
+    from ..annotate.stage import TOTAL
+
     if as_json:
         print(json.dumps(summaries, indent=2))
         return
-    for name, summary in summaries.items():
+    total = summaries.get(TOTAL)
+    tables = {name: s for name, s in summaries.items() if name != TOTAL}
+    for name, summary in tables.items():
+        if total is not None and len(tables) > DRY_RUN_TABLE_LINES:
+            break
         layer, k = (int(part) for part in name.removeprefix("layer_").split("_k"))
+        if summary.get("dry_run"):
+            print(f"layer {layer} k {k}: ", end="")
         _print_summary(summary, store, layer, k)
+    if total is not None:
+        _print_total(total)
+
+
+def _print_total(total: dict) -> None:
+    cost = total["est_cost_usd"]
+    cost_text = "unknown (no price for this model; see --price-table)" if cost is None else f"${cost:.2f}"
+    hierarchy = (f"; {total['hierarchy_prompts']} short prompts from children's labels, "
+                 f"{total['copied_from_child']} copied from an only child" if total["hierarchy_prompts"]
+                 or total["copied_from_child"] else "")
+    print(f"dry run total ({total['backend']}{', ' + total['model'] if total['model'] else ''}): "
+          f"{total['tables']} tables, {total['concepts']} concepts, {total['calls']} calls to make, "
+          f"{total['cached']} cached{hierarchy}; estimated LLM tokens {total['est_llm_tokens']} "
+          f"({total['est_prompt_tokens']} prompt + up to {total['max_completion_tokens']} completion); "
+          f"estimated cost {cost_text}; about {total['est_minutes_at_limits']} min at the --rpm/--tpm limits "
+          f"({total['binding_limit']} binds)")

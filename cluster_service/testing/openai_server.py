@@ -9,6 +9,14 @@ stops a reply at the request's ``max_tokens`` (by its own count) with ``finish_r
 small ``--max-tokens`` produces cut-off labels on demand. It logs every request
 it receives, so tests can count what reached it rather than trust the client's own accounting.
 
+Like a self-hosted server (llama.cpp, vLLM, Ollama) it can also queue: with ``slots`` set it serves at
+most that many requests at once and the others wait, first come first served, each taking
+``per_token_s`` per prompt token (prompt processing) and then ``chunk_s`` per streamed chunk. It
+streams when asked (``stream: true``: server-sent events, usage in a last chunk when
+``stream_options.include_usage``), and its ``stall`` fault stops sending after the first chunk. A
+request whose client left (timed out) is still served to the end, as real servers do, and its log
+entry says so (``client_gone``).
+
 It runs in its own process (``python -m cluster_service.testing.openai_server``) so its clock and
 CPU are not the client's; ``ServerProcess`` starts it and talks to its ``/_control`` and ``/_stats``
 endpoints. The expected key comes from the environment variable named by ``--key-env``.
@@ -53,8 +61,14 @@ DEFAULTS: dict[str, Any] = {
     # by this scripted scorer: None (answer as a labeller, as before), "label_words" (1 exactly when the
     # marked word is one of the label's words), "random" (seeded coin flips), "garbage" (no list)
     "detector": None,
+    "slots": None,  # serve at most this many requests at once; the others wait in a FIFO queue
+    "per_token_s": None,  # service time per prompt token (replaces latency_s when set)
+    "chunk_s": 0.0,  # pause before each streamed chunk after the first
+    "chunks": 3,  # content chunks of a streamed reply
+    "log_prompts": False,  # keep each request's last user message in the log ("user")
 }
-FAULTS = ("429", "500", "503", "hang", "malformed", "not_json_content", "filter400", "filter_finish")
+FAULTS = ("429", "500", "503", "hang", "malformed", "not_json_content", "filter400", "filter_finish",
+          "stall")  # stall: streams only
 _LABEL_LINE = re.compile(r"^Concept label: (.*)$", re.MULTILINE)
 _MARKED = re.compile(r"<<(.+?)>>")
 _NUMBERED = re.compile(r"^\d+\. ")
@@ -85,6 +99,16 @@ class FakeOpenAI:
         self.log: list[dict[str, Any]] = []
         self.successes = 0
         self.accepted: deque[tuple[float, int]] = deque()  # (time, tokens) counted by the server's limits
+        self.in_server = 0  # requests received and not yet finished (queued or served)
+        self._slots: asyncio.Semaphore | None = None
+        self._slots_n: int | None = None
+
+    def _slot(self) -> asyncio.Semaphore | None:
+        """The queue in front of the server's slots (None: no limit); rebuilt when ``slots`` changes."""
+        n = self.settings["slots"]
+        if n != self._slots_n:
+            self._slots, self._slots_n = (asyncio.Semaphore(int(n)) if n else None), n
+        return self._slots
 
     # ---- helpers ------------------------------------------------------------------------------
     def _error(self, status: int, message: str, code: str, headers: dict[str, str] | None = None,
@@ -171,11 +195,18 @@ class FakeOpenAI:
         return content[: max(1, math.floor(int(limit) * 3.6))], "length"
 
     # ---- endpoints ----------------------------------------------------------------------------
-    async def chat(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.in_server += 1
+        try:
+            return await self._chat(request)
+        finally:
+            self.in_server -= 1
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         now = time.monotonic()
         raw = await request.read()
         entry: dict[str, Any] = {"t": now, "status": None, "fault": None, "prompt_tokens": 0,
-                                 "completion_tokens": 0}
+                                 "completion_tokens": 0, "in_server": self.in_server}
         self.log.append(entry)
         try:
             body = json.loads(raw)
@@ -183,6 +214,9 @@ class FakeOpenAI:
             entry["status"] = 400
             return self._error(400, "body is not JSON", "invalid_json")
         messages = body.get("messages") or []
+        entry["stream"] = bool(body.get("stream"))
+        if self.settings["log_prompts"]:
+            entry["user"] = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
         canonical = {k: body.get(k) for k in ("model", "messages", "temperature", "max_tokens",
                                                "max_completion_tokens", "response_format")}
         entry["hash"] = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:16]
@@ -219,7 +253,7 @@ class FakeOpenAI:
             await asyncio.sleep(self.settings["hang_s"])
             entry["status"] = 503
             return self._error(503, "hung (injected)", "server_error", etype="server_error")
-        if fault == "malformed":
+        if fault == "malformed" and not entry["stream"]:
             entry["status"] = 200
             return web.Response(text='{"id": "chatcmpl-x", "choices": [{"message": ', status=200,
                                 content_type="application/json")
@@ -227,8 +261,6 @@ class FakeOpenAI:
             entry["status"] = 400
             return self._error(400, "The response was filtered due to the prompt triggering the content "
                                "management policy.", "content_filter")
-        lo, hi = self.settings["latency_s"]
-        await asyncio.sleep(self.rng.uniform(lo, hi))
         if fault == "filter_finish":
             content, finish = None, "content_filter"
         elif fault == "not_json_content":
@@ -236,6 +268,9 @@ class FakeOpenAI:
         else:
             content, finish = self._cut(self._reply_content(body, words), body)
         c_tokens = server_tokens(content or "") if content else 0
+        if entry["stream"]:
+            return await self._streamed(request, body, entry, fault, content, finish, p_tokens, c_tokens)
+        await self._serve_time(entry, p_tokens)
         served = finish in ("stop", "length")
         entry.update(status=200, completion_tokens=c_tokens, success=served, finish_reason=finish)
         self.successes += served
@@ -249,12 +284,88 @@ class FakeOpenAI:
         }
         return web.json_response(payload)
 
+    def _service_s(self, p_tokens: int) -> float:
+        if self.settings["per_token_s"] is not None:
+            return float(self.settings["per_token_s"]) * p_tokens
+        lo, hi = self.settings["latency_s"]
+        return self.rng.uniform(lo, hi)
+
+    async def _serve_time(self, entry: dict[str, Any], p_tokens: int, then: Any = None) -> Any:
+        """Wait for a slot (if the server has few), process the prompt, then run ``then`` (the streamed
+        chunks) while still holding the slot."""
+        slot = self._slot()
+        arrived = time.monotonic()
+        if slot is not None:
+            await slot.acquire()
+        try:
+            entry["queued_s"] = round(time.monotonic() - arrived, 4)
+            await asyncio.sleep(self._service_s(p_tokens))
+            return await then() if then is not None else None
+        finally:
+            if slot is not None:
+                slot.release()
+
+    async def _streamed(self, request: web.Request, body: dict[str, Any], entry: dict[str, Any],
+                        fault: str | None, content: str | None, finish: str, p_tokens: int,
+                        c_tokens: int) -> web.StreamResponse:
+        """Server-sent events as OpenAI sends them: a role chunk, content chunks, the finish chunk, a
+        usage chunk (if asked for), ``[DONE]``. Headers go out at once, the chunks once served."""
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
+                                                           "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        entry["status"] = 200
+        base = {"id": f"chatcmpl-{len(self.log)}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body["model"], "system_fingerprint": "fake"}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+
+        def delta(payload: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            return event([{"index": 0, "delta": payload, "finish_reason": finish_reason, "logprobs": None}])
+
+        n = max(1, int(self.settings["chunks"]))
+        text = content or ""
+        step = max(1, math.ceil(len(text) / n))
+        pieces = [text[i: i + step] for i in range(0, len(text), step)]
+
+        async def send() -> None:
+            await response.write(delta({"role": "assistant", "content": ""}))
+            entry["first_chunk_t"] = time.monotonic()
+            if fault == "malformed":
+                await response.write(b'data: {"id": "chatcmpl-x", "choices": [{"delta": \n\n')
+                return
+            if fault == "stall":
+                entry["stalled"] = True
+                await asyncio.sleep(self.settings["hang_s"])
+                return
+            for piece in pieces:
+                if self.settings["chunk_s"]:
+                    await asyncio.sleep(self.settings["chunk_s"])
+                await response.write(delta({"content": piece}))
+            await response.write(delta({}, finish))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                await response.write(event([], usage={"prompt_tokens": p_tokens, "completion_tokens": c_tokens,
+                                                      "total_tokens": p_tokens + c_tokens}))
+            await response.write(b"data: [DONE]\n\n")
+            served = finish in ("stop", "length")
+            entry.update(completion_tokens=c_tokens, success=served, finish_reason=finish)
+            self.successes += served
+
+        try:
+            await self._serve_time(entry, p_tokens, send)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            entry["client_gone"] = True  # the client timed out and left; the work was done all the same
+        entry["done_t"] = time.monotonic()
+        return response
+
     async def control(self, request: web.Request) -> web.Response:
         update = await request.json()
         if update.pop("reset_log", False):
             self.log.clear()
             self.accepted.clear()
             self.successes = 0
+            self._slots_n = -1  # a fresh queue
         self.settings.update(update)
         if "seed" in update:
             self.rng = random.Random(update["seed"])
