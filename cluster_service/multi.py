@@ -25,7 +25,7 @@ import os
 from typing import Any
 
 from .errors import UserError
-from .extract.stage import FREED
+from .extract.stage import FREED, freed_message
 from .logs import log_event
 from .store import ACTIVATIONS, SENTENCES, TOKENS, RunStore, layer_of
 
@@ -101,6 +101,10 @@ def run_models(run: str, cfg) -> dict[str, Any]:
         log_event(log, "model run", model=m, run=child.where())
         summaries["models"][m] = run_one(child, PipelineConfig(configs, cfg.stages))
         set_model_status(parent, m, "done")
+    if "report" in cfg.stages:
+        from .report.stage import models_index
+
+        summaries["report"] = {"index": models_index(parent, {m: run_name(m) for m in models})}
     log_event(log, "models done", run=parent.where(), models=len(models))
     return summaries
 
@@ -175,14 +179,3 @@ def free_activations(store: RunStore, keep: str) -> dict[str, Any] | None:
     manifest = store.update_manifest(change)
     log_event(log, "activations freed", run=store.where(), layers=gone, kept=sorted(kept))
     return manifest[FREED]
-
-
-def freed_message(store: RunStore, layer: int | None = None) -> str | None:
-    """One line for a command that needs activations a run has freed (None when they are there):
-    what a skipped run logs, and what analyze/serve should say instead of a missing-array error."""
-    freed = store.read_manifest().get(FREED) if store.exists() else None
-    if not freed or (layer is not None and layer not in freed["layers"]):
-        return None
-    which = f"layer {layer}" if layer is not None else f"layers {freed['layers']}"
-    return (f"{store.where(ACTIVATIONS)}: the activations of {which} were freed after clustering "
-            f"(--keep-activations {freed['keep']}); re-extract with `{freed['how']}`")

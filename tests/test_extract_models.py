@@ -10,7 +10,7 @@ import pytest
 
 from cluster_service.cli import main as cli
 from cluster_service.extract.model import model_shape
-from cluster_service.multi import freed_message
+from cluster_service.extract.stage import freed_message
 from cluster_service.store import TOKENS, RunStore
 
 WORDS = "alpha beta gamma delta river mountain quickly slowly London Paris walked running".split()
@@ -63,6 +63,10 @@ def test_models_run_into_sibling_runs_sharing_one_ingestion(tmp_path, capsys):
         assert child.stored_layers() == [1]  # clustered layer kept, the others freed
         assert m["activations_freed"]["layers"] == [x for x in range(n_layers) if x != 1]
         assert "freed" in freed_message(child, 0) and freed_message(child, 1) is None
+        capsys.readouterr()
+        assert cli(["cluster", child.where(), "--layer", "0", "--k", "3"]) == 2  # a stage needing freed vectors
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "layer 0 were freed" in err and "\n" not in err
         want = "padded" if "xlnet" in entry["model"] else "packed"
         assert m["stages"]["extract"]["forward"]["path"] == want
     # a rerun of the finished job is a no-op: nothing re-extracted, nothing changed
@@ -102,3 +106,20 @@ def test_models_and_model_together_is_one_clear_error(tmp_path, capsys):
     assert cli(run_args(tmp_path / "r", path, "--models", "random:tiny-bert,random:no-such-shape")) == 2
     assert "random:no-such-shape" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.integration
+def test_models_get_a_report_each_and_an_index_across_them(tmp_path, capsys):
+    run = tmp_path / "job"
+    args = ["run", str(run), "--corpus-path", corpus(tmp_path, 30), "--engine", "local", "--cluster-k", "3",
+            "--cluster-layers", "1", "--stages", "ingest,extract,cluster,annotate,report",
+            "--models", "random:tiny-bert,random:tiny-roberta"]
+    assert cli(args) == 0
+    index = run / "report" / "index.html"
+    assert f"report: {index}" in capsys.readouterr().out
+    page = index.read_text()
+    for model, folder in (("random:tiny-bert", "random_tiny-bert"), ("random:tiny-roberta", "random_tiny-roberta")):
+        assert f'<a href="../{folder}/report/index.html">{model}</a>' in page
+        assert (run / folder / "report" / "index.html").is_file()  # each model's own report
+    stamp = index.stat().st_mtime_ns
+    assert cli(args) == 0 and index.stat().st_mtime_ns == stamp  # a rerun leaves it as it was

@@ -14,6 +14,7 @@ from ..cluster.checkpoint import LayerDir
 from ..cluster.concepts import concept_settings_key
 from ..cluster.source import ZarrSource
 from ..errors import UserError
+from ..extract.stage import require_activations
 from ..progress import progress_bar
 from ..store import ACTIVATIONS, RunStore, shard_ranges
 from .neurons import concept_sums
@@ -112,7 +113,7 @@ class LayerInputs:
 
     @property
     def source(self) -> ZarrSource:
-        self.store.layer_array(self.layer)  # one clear line when the layer is missing
+        require_activations(self.store, self.layer)
         return ZarrSource(self.store.where(ACTIVATIONS), self.store.layer_name(self.layer))
 
     @cached_property

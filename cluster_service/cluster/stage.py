@@ -33,6 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import UserError
+from ..extract.stage import require_activations
 from ..logs import log_event
 from ..store import ACTIVATIONS, TOKENS, RunStore
 from .approx import WardTree, input_key, leaf_count, ward_tree
@@ -74,7 +75,7 @@ def _ray(cfg: ClusterConfig) -> bool:
 def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: bool = False) -> dict:
     """Tree, cuts and concept tables of one layer; returns a summary (sizes, SSE per K, timings)."""
     backend = resolve_backend(cfg.device, use_ray=use_ray, workers=cfg.workers)
-    store.layer_array(layer)  # clear error when the layer is missing
+    require_activations(store, layer)
     where = store.where(f"{ACTIVATIONS}/{store.layer_name(layer)}")
     source = ZarrSource(store.where(ACTIVATIONS), store.layer_name(layer))
     if source.n == 0:

@@ -80,7 +80,6 @@ def main(args: argparse.Namespace) -> int:
     print(json.dumps({r.where(): summarize(r) for r in runs} if models else summarize(store), indent=2))
     local = store.local_path()
     print(f"results: {local.resolve() if local else store.where()}")
-    for one in summary.get("models", {}).values() or [summary]:
-        if "report" in one:
-            print(f"report: {one['report']['index']}")
+    if "report" in summary:  # one model's report, or the index across the models' reports
+        print(f"report: {summary['report']['index']}")
     return 0

@@ -160,3 +160,22 @@ def run_local(store: RunStore, cfg: ExtractConfig, layers: list[int], tasks: Sha
     with progress_bar(total=rows, desc="extract", unit="tok") as bar:
         worker.process_all((tasks.task(s) for s in shards), bar)
 
+
+def freed_message(store: RunStore, layer: int | None = None) -> str | None:
+    """One line for a command that needs activations a run has freed (None when they are there):
+    what a skipped run logs, and what cluster and analyze say instead of a missing-array error."""
+    freed = store.read_manifest().get(FREED) if store.exists() else None
+    if not freed or (layer is not None and layer not in freed["layers"]):
+        return None
+    which = f"layer {layer}" if layer is not None else f"layers {freed['layers']}"
+    return (f"{store.where(ACTIVATIONS)}: the activations of {which} were freed after clustering "
+            f"(--keep-activations {freed['keep']}); re-extract with `{freed['how']}`")
+
+
+def require_activations(store: RunStore, layer: int) -> None:
+    """A stage about to read ``layer``'s vectors: one line saying they were freed (and how to get them
+    back) rather than that the layer was never stored."""
+    message = freed_message(store, layer)
+    if message:
+        raise UserError(message)
+    store.layer_array(layer)  # one clear line when the layer is missing

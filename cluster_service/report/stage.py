@@ -108,3 +108,21 @@ def report_run(store: RunStore, cfg: ReportConfig) -> dict[str, Any]:
     store.set_stage("report", "done", seconds=seconds, files=len(files))
     log_event(log, "report written", index=store.where(INDEX), files=len(files), written=written, seconds=seconds)
     return summary
+
+
+def models_index(parent: RunStore, runs: dict[str, str]) -> str:
+    """The parent run of ``run --models``: ``report/index.html`` linking each model's own report (a page of
+    its own, not part of any sibling's site). ``runs`` maps a model name to its sibling run's folder."""
+    import html
+
+    rows = "\n".join(
+        f'<li><a href="../{html.escape(folder, quote=True)}/report/index.html">{html.escape(model)}</a></li>'
+        for model, folder in runs.items())
+    page = (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Latent concepts of {len(runs)} models"
+            f"</title><link rel=\"stylesheet\" href=\"../{html.escape(next(iter(runs.values()), ''), quote=True)}"
+            f"/report/style.css\"></head>\n<body><header><h1>Latent concepts of {len(runs)} models</h1></header>"
+            f"\n<main><ul id=\"models\">\n{rows}\n</ul></main></body></html>\n").encode()
+    if not (parent.has(INDEX) and parent.read_bytes(INDEX) == page):
+        parent.write_bytes(INDEX, page)
+    local = parent.local_path(INDEX)
+    return str(local.absolute()) if local else parent.where(INDEX)
