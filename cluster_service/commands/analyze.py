@@ -9,21 +9,16 @@ import json
 from typing import Any
 
 from ..analysis.config import AnalyzeConfig
-from ..configs import add_dataclass_arguments, from_args, load_config_file
 from ..store import RunStore
-from .annotate import int_list
+from .stage_verb import add_stage_verb, stage_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("analyze", help="interpret concepts: probes, neurons, tagger alignment, layers, stability, "
-                       "label scores", description=__doc__ + " Tables go to RUN/analysis/layer_L_kK/STEP.parquet (one "
-                       "row per concept) with a summary.json; concepts across layers to "
-                       "RUN/analysis/layers_L_N_kK/. A rerun skips every step whose table is current.")
-    p.add_argument("run", metavar="RUN", help="run directory or object-store URL")
-    p.add_argument("--layer", dest="layers", type=int_list, default=None, metavar="L[,L...]", help="alias of --layers")
-    p.add_argument("--config", default=None, help="TOML/YAML config file; its [analyze] section is used")
-    p.add_argument("--json", action="store_true", help="print the summaries as JSON")
-    add_dataclass_arguments(p, AnalyzeConfig)
+    p = add_stage_verb(
+        sub, "analyze", "interpret concepts: probes, neurons, tagger alignment, layers, stability, label scores",
+        __doc__ + " Tables go to RUN/analysis/layer_L_kK/STEP.parquet (one row per concept) with a summary.json; "
+        "concepts across layers to RUN/analysis/layers_L_N_kK/. A rerun skips every step whose table is current.",
+        AnalyzeConfig, "analyze")
     p.set_defaults(func=main)
 
 
@@ -72,9 +67,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..analysis.stage import analyze_run
 
-    file = load_config_file(args.config)
-    cfg = from_args(AnalyzeConfig, args, file.section("analyze"), where=file.where("analyze"))
-    summaries = analyze_run(RunStore(args.run), cfg)
+    summaries = analyze_run(RunStore(args.run), stage_config(args, AnalyzeConfig, "analyze"))
     if args.json:
         print(json.dumps(summaries, indent=1, default=float))
         return 0

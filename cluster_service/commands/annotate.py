@@ -12,6 +12,7 @@ from ..annotate.config import AnnotateConfig
 from ..configs import add_dataclass_arguments, field_docs, from_args, load_config_file
 from ..errors import UserError
 from ..store import RunStore
+from .stage_verb import int_list
 
 
 def register(sub) -> None:
@@ -34,9 +35,6 @@ def register(sub) -> None:
     add_dataclass_arguments(p, AnnotateConfig, skip=("k",))
     p.set_defaults(func=main)
 
-
-def int_list(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def _print_summary(summary: dict, store: RunStore, layer: int, k: int) -> None:

@@ -10,29 +10,21 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..configs import add_dataclass_arguments, from_args, load_config_file
 from ..export.config import ExportConfig
 from ..store import RunStore
-from .annotate import int_list
+from .stage_verb import add_stage_verb, stage_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="publish the concepts as TCN, Parquet or JSONL (with a data card)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run directory or object-store URL")
-    p.add_argument("--layer", dest="layers", type=int_list, default=None, metavar="L[,L...]", help="alias of --layers")
-    p.add_argument("--config", default=None, help="TOML/YAML file; its [export] section sets defaults")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_dataclass_arguments(p, ExportConfig)
+    p = add_stage_verb(sub, "export", "publish the concepts as TCN, Parquet or JSONL (with a data card)",
+                       __doc__, ExportConfig, "export")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..export import export_run
 
-    file = load_config_file(args.config)
-    cfg = from_args(ExportConfig, args, file.section("export"), where=file.where("export"))
-    summary = export_run(RunStore(args.run), cfg)
+    summary = export_run(RunStore(args.run), stage_config(args, ExportConfig, "export"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

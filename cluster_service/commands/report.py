@@ -11,29 +11,21 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..configs import add_dataclass_arguments, from_args, load_config_file
 from ..report.config import ReportConfig
 from ..store import RunStore
-from .annotate import int_list
+from .stage_verb import add_stage_verb, stage_config
 
 
 def register(sub) -> None:
-    p = sub.add_parser("report", help="write the HTML concept browser of a run (RUN/report/index.html)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="run directory or object-store URL")
-    p.add_argument("--layer", dest="layers", type=int_list, default=None, metavar="L[,L...]", help="alias of --layers")
-    p.add_argument("--config", default=None, help="TOML/YAML file; its [report] section sets defaults")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_dataclass_arguments(p, ReportConfig)
+    p = add_stage_verb(sub, "report", "write the HTML concept browser of a run (RUN/report/index.html)",
+                       __doc__, ReportConfig, "report")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..report.stage import report_run
 
-    file = load_config_file(args.config)
-    cfg = from_args(ReportConfig, args, file.section("report"), where=file.where("report"))
-    summary = report_run(RunStore(args.run), cfg)
+    summary = report_run(RunStore(args.run), stage_config(args, ReportConfig, "report"))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
