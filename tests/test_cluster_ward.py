@@ -9,6 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 from cluster_service.cluster.backend import FaissBackend
 from cluster_service.cluster.cut import cut
 from cluster_service.cluster.graph import hybrid_ward
+from cluster_service.cluster.params import ApproxParams
 from cluster_service.cluster.ward import weighted_ward
 from cluster_service.errors import UserError
 
@@ -66,7 +67,7 @@ def test_cut_numbers_concepts_by_size_and_validates_k():
 def test_knn_graph_ward_with_complete_graph_is_exact():
     x = np.random.default_rng(5).normal(size=(300, 5))
     exact = fastcluster.linkage(x, method="ward")
-    ours = hybrid_ward(x, np.ones(len(x)), dense_max=40, neighbors=len(x) - 1, backend=FaissBackend())
+    ours = hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=40, neighbors=len(x) - 1), backend=FaissBackend())
     np.testing.assert_allclose(ours[:, 2], exact[:, 2], rtol=1e-9)
     ks = (1, 10, 40, 100, 299)
     ours_cut, exact_cut = cut(ours, ks), cut(exact, ks)
@@ -78,7 +79,7 @@ def test_knn_graph_ward_close_to_exact_on_structured_data():
     rng = np.random.default_rng(6)
     x = rng.normal(scale=6.0, size=(30, 8))[rng.integers(0, 30, 1500)] + rng.normal(size=(1500, 8))
     exact = fastcluster.linkage(x, method="ward")
-    ours = hybrid_ward(x, np.ones(len(x)), dense_max=200, neighbors=16, backend=FaissBackend())
+    ours = hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=200, neighbors=16), backend=FaissBackend())
     assert ours.shape == exact.shape and np.all(np.diff(ours[:, 2]) >= 0)
     assert ours[-1, 3] == len(x)
     for k, floor in ((30, 0.99), (200, 0.8)):

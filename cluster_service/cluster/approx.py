@@ -1,6 +1,7 @@
 """The one assembly of the Ward tree: sample, k-means, assign, link, cut.
 
-Leaves: the tokens themselves up to ``graph_max`` tokens (and always for exact Ward), else M
+Leaves: the tokens themselves up to ``graph_max`` tokens (1M on the CPU, 5M on a GPU by default; always
+for exact Ward), else M
 micro-clusters (seeded sample → k-means → every token assigned, shard by shard). Tree: size-weighted
 Ward over the leaves, kNN-graph Ward at the bottom while there are more than ``dense_max`` clusters,
 dense (exact) Ward above; exact Ward is fastcluster on the tokens. Then cut at each K.
@@ -60,11 +61,11 @@ def input_key(identity: dict, params: ApproxParams, backend: ClusterBackend) -> 
     return key
 
 
-def leaf_count(n: int, ks: list[int], params: ApproxParams, exact: bool) -> int:
+def leaf_count(n: int, ks: list[int], params: ApproxParams, exact: bool, backend: ClusterBackend) -> int:
     """M, the number of leaves: N for exact Ward, else ``params.leaves`` (checked against K and N)."""
     if exact:
         return n
-    m = params.leaves(n, max(ks))
+    m = params.leaves(n, max(ks), backend.graph_max)
     if not max(ks) <= m <= n:
         raise UserError(f"--micro {m}: must lie between the largest K ({max(ks)}) and the number of "
                         f"tokens ({n})")
@@ -80,7 +81,7 @@ def ward_tree(source: Source, ks: list[int], params: ApproxParams, backend: Clus
     ``where``: the input's name in errors and logs.
     """
     ks = check_k(ks, source.n)
-    m = leaf_count(source.n, ks, params, exact)
+    m = leaf_count(source.n, ks, params, exact, backend)
     key = {**input_key(identity or {}, params, backend), "m": m, "method": "exact" if exact else "approx"}
     part, key = _leaves(source, params, m, exact, backend, checkpoint, key, where, progress)
     z, key = _link(part, params, exact, backend, checkpoint, key, where)
@@ -134,14 +135,15 @@ def _link(part: MicroPartition, params: ApproxParams, exact: bool, backend: Clus
     """The linkage over the leaves: fastcluster for exact Ward, else hybrid (kNN-graph + dense) Ward."""
     if not exact:
         key = {**key, "dense_max": params.dense_max, "neighbors": params.neighbors}
+        if len(part.sizes) > max(params.dense_max, params.knn_exact_max):  # smaller: exact kNN, keys as before
+            key["knn"] = {"exact_max": params.knn_exact_max, "probes": params.knn_probes}
     if ckpt.have("linkage.npy", key):
         return ckpt.load("linkage.npy"), key
     t0 = time.perf_counter()
     if exact:
         z = exact_ward(part.centroids)
     else:
-        z = hybrid_ward(part.centroids, part.sizes, dense_max=params.dense_max, neighbors=params.neighbors,
-                        backend=backend)
+        z = hybrid_ward(part.centroids, part.sizes, params, backend=backend)
     ckpt.save("linkage.npy", z, key)
     log_event(log, "ward done", layer=where, leaves=len(part.sizes), seconds=time.perf_counter() - t0)
     return z, key

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-import faiss
 import numpy as np
 
 from ..errors import UserError
 from ..logs import log_event
+from .knn import cell_knn, exact_knn
 from .micro import Accumulator, train_kmeans
 from .parallel import assign_all
 from .source import Source
@@ -42,8 +42,14 @@ class ClusterBackend(Protocol):
         """Every row of ``source`` to its nearest centroid, with per-centroid sums, counts and Σ‖x‖²."""
         ...
 
-    def knn(self, points: np.ndarray, neighbors: int) -> np.ndarray:
-        """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first)."""
+    #: Torch device the kNN-graph rounds run on (where the cluster sums live).
+    device: torch.device
+    #: Every token a leaf up to this many tokens when the config leaves ``graph_max`` at 0.
+    graph_max: int
+
+    def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
+        """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first);
+        ``probes`` > 0 allows a cell-probed search (``knn.cell_knn``) where exact search is too dear."""
         ...
 
 
@@ -51,10 +57,14 @@ class FaissBackend:
     """FAISS k-means and flat L2 search, NumPy assignment in this process or as Ray tasks."""
 
     name = "faiss"
+    graph_max = 1_000_000
 
     def __init__(self, use_ray: bool = False, workers: int = 0):
+        import torch
+
         self.uses_ray = use_ray
         self.workers = workers
+        self.device = torch.device("cpu")
 
     def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
         return train_kmeans(sample, m, seed, iters)
@@ -63,11 +73,10 @@ class FaissBackend:
         return assign_all(source, centroids, where=where, use_ray=self.uses_ray, workers=self.workers,
                           progress=progress)
 
-    def knn(self, points: np.ndarray, neighbors: int) -> np.ndarray:
+    def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
         x = np.ascontiguousarray(points, dtype=np.float32)
-        index = faiss.IndexFlatL2(x.shape[1])
-        index.add(x)
-        return index.search(x, min(neighbors + 1, len(x)))[1]
+        kk = min(neighbors + 1, len(x))
+        return cell_knn(x, kk, probes=probes, seed=seed) if probes else exact_knn(x, kk)
 
 
 class TorchBackend:
@@ -78,6 +87,8 @@ class TorchBackend:
     def __init__(self, device: torch.device):
         self.device = device
         self.name = f"torch-{device.type}"
+        # 5M × 768 every token a leaf: the tiled brute-force kNN and the rounds take minutes on one GPU
+        self.graph_max = 5_000_000 if device.type == "cuda" else FaissBackend.graph_max
 
     def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
         from .torch_ops import train_kmeans_torch
@@ -89,7 +100,8 @@ class TorchBackend:
 
         return assign_all_torch(source, centroids, where=where, device=self.device, progress=progress)
 
-    def knn(self, points: np.ndarray, neighbors: int) -> np.ndarray:
+    def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
+        """Always exact (tiled brute force): on a GPU that is affordable to 5M points."""
         from .torch_ops import knn_torch
 
         return knn_torch(points, neighbors, self.device)

@@ -7,6 +7,11 @@ the graph contracts as clusters merge (a cluster's neighbours are the union of i
 only approximation is a true Ward-nearest neighbour missing from the graph, which is rare while
 clusters are small. Once at most ``dense_max`` clusters remain, dense weighted Ward (exact) builds
 the rest, and all merges are sorted by height into one scipy linkage over the leaves.
+
+The rounds are torch tensor operations on the backend's device (the CPU for FAISS, the GPU for the
+torch backend): one implementation, O(N·k) memory in edges plus the float64 cluster sums, and at
+5M tokens on a GPU the edge sorts run where the sums already are. Every sort is stable with the
+same keys on every device, so a device gives the same tree for the same neighbours.
 """
 
 from __future__ import annotations
@@ -14,67 +19,88 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from .ward import _to_scipy, weighted_ward
 
 if TYPE_CHECKING:
     from .backend import ClusterBackend
+    from .params import ApproxParams
 
 #: Edges per chunk when computing merge costs (bounds the gathered E×D temporaries).
-_EDGE_CHUNK = 1 << 15
+_EDGE_CHUNK = 1 << 16
+#: Rows per chunk when turning float64 sums into the float32 centroids the kNN search reads.
+_ROW_CHUNK = 1 << 16
 
 
-def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend) -> tuple[np.ndarray, np.ndarray]:
-    """Undirected kNN edges (u < v, unique) by exact Euclidean search on ``backend``."""
-    x = np.ascontiguousarray(points, dtype=np.float32)
-    nbr = backend.knn(x, neighbors)
-    src = np.repeat(np.arange(len(x)), nbr.shape[1])
-    dst = nbr.ravel()
+def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend, probes: int = 0,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected kNN edges (u < v, unique) by the backend's neighbour search."""
+    u, v = _edges(points, neighbors, backend, torch.device("cpu"), probes, seed)
+    return u.numpy(), v.numpy()
+
+
+def _edges(points: np.ndarray, neighbors: int, backend: ClusterBackend, device: torch.device,
+           probes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    nbr = torch.from_numpy(np.ascontiguousarray(backend.knn(points, neighbors, probes, seed))).to(device)
+    n = len(points)
+    src = torch.arange(n, device=device).repeat_interleave(nbr.shape[1])
+    dst = nbr.reshape(-1)
     ok = (dst >= 0) & (dst != src)
-    return _undirected(src[ok], dst[ok], len(x))
+    return _undirected(src[ok], dst[ok], n)
 
 
-def _undirected(u: np.ndarray, v: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    lo, hi = np.minimum(u, v), np.maximum(u, v)
+def _undirected(u: torch.Tensor, v: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lo, hi = torch.minimum(u, v), torch.maximum(u, v)
     keep = lo != hi
-    key = np.unique(lo[keep].astype(np.int64) * n + hi[keep])
+    key = torch.unique(lo[keep] * n + hi[keep], sorted=True)
     return key // n, key % n
 
 
-def _costs(sums: np.ndarray, size: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _costs(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """2·ΔSSE of merging u and v for every edge (the squared fastcluster height)."""
-    out = np.empty(len(u))
+    out = torch.empty(len(u), dtype=torch.float64, device=sums.device)
     for lo in range(0, len(u), _EDGE_CHUNK):
         a, b = u[lo:lo + _EDGE_CHUNK], v[lo:lo + _EDGE_CHUNK]
         na, nb = size[a], size[b]
         diff = sums[a] / na[:, None] - sums[b] / nb[:, None]
-        out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * np.einsum("ij,ij->i", diff, diff)
+        out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * (diff * diff).sum(dim=1)
     return out
 
 
-def graph_rounds(sums: np.ndarray, size: np.ndarray, u: np.ndarray, v: np.ndarray, target: int):
+def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
+    """Indices sorting by keys[0], then keys[1], ... (like ``np.lexsort(keys[::-1])``)."""
+    order = torch.arange(len(keys[0]), device=keys[0].device)
+    for key in reversed(keys):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
+
+
+def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target: int):
     """RNN rounds on the graph over clusters (sums [n, D], sizes [n]) until ``target`` remain.
 
-    Returns (indices of the remaining clusters, merges as (index a, index b, 2·ΔSSE) arrays); ``sums``
+    Returns (indices of the remaining clusters, merges as (index a, index b, 2·ΔSSE) tensors); ``sums``
     and ``size`` are updated in place at the surviving index of each merge.
     """
     n = len(size)
-    parent = np.arange(n)
+    dev = sums.device
+    parent = torch.arange(n, device=dev)
     active = n
     ma, mb, mh = [], [], []
     while active > target and len(u):
         cost = _costs(sums, size, u, v)
-        node = np.concatenate([u, v])
-        other = np.concatenate([v, u])
-        both = np.concatenate([cost, cost])
-        order = np.lexsort((other, both, node))
-        first = order[np.r_[True, node[order][1:] != node[order][:-1]]]
-        nn = np.full(n, -1)
+        node = torch.cat([u, v])
+        other = torch.cat([v, u])
+        both = torch.cat([cost, cost])
+        order = _stable_order(node, both, other)
+        sorted_node = node[order]
+        first = order[torch.cat([torch.ones(1, dtype=torch.bool, device=dev), sorted_node[1:] != sorted_node[:-1]])]
+        nn = torch.full((n,), -1, dtype=torch.int64, device=dev)
         nn[node[first]] = other[first]
         pair = (nn[u] == v) & (nn[v] == u)
         pu, pv, pc = u[pair], v[pair], cost[pair]
         if len(pu) > active - target:
-            cheapest = np.argsort(pc, kind="stable")[: active - target]
+            cheapest = torch.sort(pc, stable=True).indices[: active - target]
             pu, pv, pc = pu[cheapest], pv[cheapest], pc[cheapest]
         sums[pu] += sums[pv]
         size[pu] += size[pv]
@@ -84,32 +110,51 @@ def graph_rounds(sums: np.ndarray, size: np.ndarray, u: np.ndarray, v: np.ndarra
         mh.append(pc)
         active -= len(pu)
         u, v = _undirected(parent[u], parent[v], n)
-    keep = np.flatnonzero(parent == np.arange(n))
-    return keep, _cat(ma, np.int64), _cat(mb, np.int64), _cat(mh, np.float64)
+    keep = torch.nonzero(parent == torch.arange(n, device=dev)).flatten()
+    return keep, _cat(ma, torch.int64, dev), _cat(mb, torch.int64, dev), _cat(mh, torch.float64, dev)
 
 
-def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+def _cat(parts: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=device)
 
 
-def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, *, dense_max: int, neighbors: int,
+def _means32(sums: torch.Tensor, size: torch.Tensor) -> np.ndarray:
+    """The clusters' centroids as float32 on the host, converted in row chunks (no float64 copy)."""
+    out = np.empty(tuple(sums.shape), dtype=np.float32)
+    for lo in range(0, len(sums), _ROW_CHUNK):
+        hi = lo + _ROW_CHUNK
+        out[lo:hi] = (sums[lo:hi] / size[lo:hi, None]).float().cpu().numpy()
+    return out
+
+
+def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, *,
                 backend: ClusterBackend) -> np.ndarray:
     """Scipy linkage over all leaves: kNN-graph Ward down to ``dense_max`` clusters, dense Ward above.
 
     The kNN graph is rebuilt over the current cluster centroids each time the number of clusters
     halves, so merged clusters see their new neighbourhood, not only their members' old one.
-    ``neighbors`` per cluster in each kNN graph, searched on ``backend``.
+    ``params.neighbors`` per cluster in each kNN graph, searched on ``backend`` (cell-probed above
+    ``params.knn_exact_max`` clusters on the CPU); the rounds run on the backend's ``device``.
+    Centroids are centred first (the kNN search's ‖x‖²+‖y‖²−2·x·y and the merge costs keep their
+    precision near the origin; Ward's costs do not change under a shift).
     """
     n = len(sizes)
+    dense_max = params.dense_max
     if n <= dense_max:
         return weighted_ward(centroids, sizes)
-    x = centroids.astype(np.float64)
-    size = np.asarray(sizes, dtype=np.float64).copy()
-    sums = (x - x.mean(axis=0)) * size[:, None]
-    rep = np.arange(n)  # a leaf inside each current cluster, names it in the merge list
+    dev = backend.device
+    host = torch.from_numpy(np.ascontiguousarray(centroids))
+    sums = host.to(dev).to(torch.float64)  # float32 tokens travel as float32, widen on the device
+    if sums.data_ptr() == host.data_ptr():
+        sums = sums.clone()  # float64 input on the CPU: the rounds must not write into the caller's array
+    sums -= sums.mean(dim=0)
+    size = torch.as_tensor(np.asarray(sizes, dtype=np.float64), device=dev).clone()
+    sums *= size[:, None]
+    rep = torch.arange(n, device=dev)  # a leaf inside each current cluster, names it in the merge list
     ma, mb, mh = [], [], []
     while len(rep) > dense_max:
-        u, v = knn_edges(sums / size[:, None], neighbors, backend)
+        u, v = _edges(_means32(sums, size), params.neighbors, backend, dev, params.knn_probes_for(len(rep)),
+                      params.seed)
         keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2))
         if not len(a):
             break
@@ -117,12 +162,12 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, *, dense_max: int, nei
         mb.append(rep[b])
         mh.append(h)
         rep, sums, size = rep[keep], sums[keep], size[keep]
-    top = weighted_ward(sums / size[:, None], size)
+    top = weighted_ward((sums / size[:, None]).cpu().numpy(), size.cpu().numpy())
+    rep = rep.cpu().numpy()
     rep_of = np.concatenate([rep, np.zeros(len(rep) - 1, dtype=np.int64)])
     for i, a in enumerate(top[:, 0].astype(np.int64)):
         rep_of[len(rep) + i] = rep_of[a]
-    ma.append(rep_of[top[:, 0].astype(np.int64)])
-    mb.append(rep_of[top[:, 1].astype(np.int64)])
-    mh.append(top[:, 2] ** 2)
-    return _to_scipy(np.concatenate(ma), np.concatenate(mb), np.concatenate(mh),
+    return _to_scipy(np.concatenate([*(t.cpu().numpy() for t in ma), rep_of[top[:, 0].astype(np.int64)]]),
+                     np.concatenate([*(t.cpu().numpy() for t in mb), rep_of[top[:, 1].astype(np.int64)]]),
+                     np.concatenate([*(t.cpu().numpy() for t in mh), top[:, 2] ** 2]),
                      np.asarray(sizes, dtype=np.float64))

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from .approx import approx_ward
+from .backend import FaissBackend
 from .cut import check_k, cut
 from .exact import exact_ward
 from .micro import nearest
@@ -61,7 +62,7 @@ def evaluate(x: np.ndarray, ks: list[int], params: ApproxParams | None = None) -
     t0 = time.perf_counter()
     exact = cut(exact_ward(x), ks)
     t_exact = time.perf_counter() - t0
-    micro = params.leaves(len(x), max(ks))
+    micro = params.leaves(len(x), max(ks), FaissBackend.graph_max)
     t0 = time.perf_counter()
     approx = approx_ward(x, ks, replace(params, micro=micro))
     t_approx = time.perf_counter() - t0

@@ -86,7 +86,7 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
         raise UserError(f"{where}: {source.n} tokens is above --exact-max {cfg.exact_max} for exact "
                         f"Ward; use --method approx")
     params = cfg.approx_params()
-    m = leaf_count(source.n, ks, params, exact)
+    m = leaf_count(source.n, ks, params, exact, backend)
     t_start = time.perf_counter()
     store.set_stage(f"cluster:layer_{layer}", "running", k=ks, method=cfg.method, m=m)
     ldir = LayerDir(store, layer)

@@ -1,0 +1,82 @@
+"""The kNN searches behind every-token-a-leaf Ward: cell-probed (CPU) and tiled brute force (torch)."""
+
+import fastcluster
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from cluster_service.cluster.backend import FaissBackend, TorchBackend
+from cluster_service.cluster.cut import cut
+from cluster_service.cluster.graph import hybrid_ward
+from cluster_service.cluster.knn import cell_knn, exact_knn, recall
+from cluster_service.cluster.params import ApproxParams
+from cluster_service.cluster.torch_ops import knn_torch
+
+pytestmark = pytest.mark.unit
+
+
+def mixture(n: int, d: int = 16, centres: int = 60, seed: int = 0, spread: float = 2.0) -> np.ndarray:
+    """Overlapping Gaussian blobs of different widths: cells cut through blobs, as on real vectors."""
+    rng = np.random.default_rng(seed)
+    which = rng.integers(0, centres, n)
+    width = rng.uniform(0.5, 2.0, centres)[which, None]
+    return (rng.normal(scale=spread, size=(centres, d))[which] + width * rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_cell_knn_recall_grows_with_probes_and_is_deterministic():
+    x = mixture(20_000)
+    x -= x.mean(axis=0)
+    got = {p: cell_knn(x, 17, cell_size=250, probes=p) for p in (1, 4, 16)}
+    rec = {p: recall(x, nb, 16, queries=1000) for p, nb in got.items()}
+    assert rec[1] < rec[4] < rec[16]
+    assert rec[16] >= 0.95
+    assert np.array_equal(got[16], cell_knn(x, 17, cell_size=250, probes=16))
+    assert np.array_equal(got[16][:, 0], np.arange(len(x)))  # every point finds itself first
+    # probing every cell is exact search
+    full = cell_knn(x[:3000], 17, cell_size=250, probes=12)
+    assert recall(x[:3000], full, 16, queries=3000) == 1.0
+
+
+def test_recall_counts_missing_neighbours():
+    x = mixture(2000)
+    truth = exact_knn(x, 17)
+    assert recall(x, truth, 16, queries=2000) == 1.0
+    half = truth.copy()
+    half[:, 9:] = -1
+    assert recall(x, half, 16, queries=2000) == pytest.approx(0.5, abs=0.02)
+
+
+def test_cell_probed_graph_ward_stays_close_to_exact_ward():
+    x = mixture(6000, d=16, centres=40, seed=3)
+    exact = cut(fastcluster.linkage(x, method="ward"), [40, 200])
+    flat = cut(hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=500), backend=FaissBackend()), [40, 200])
+    cells = cut(hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=500, knn_exact_max=1000),
+                            backend=FaissBackend()), [40, 200])
+    for k in (40, 200):
+        a_flat = adjusted_rand_score(exact[k], flat[k])
+        a_cells = adjusted_rand_score(exact[k], cells[k])
+        assert a_cells >= a_flat - 0.05, (k, a_flat, a_cells)
+
+
+def test_tiled_knn_equals_exact_search_across_tiles():
+    x = mixture(5000, d=32, seed=5)
+    x -= x.mean(axis=0)
+    ours = knn_torch(x, 16, torch.device("cpu"), rows=700, cols=1100)  # tiles that do not divide n
+    theirs = exact_knn(x, 17)
+    x64 = x.astype(np.float64)
+
+    def dists(nbr: np.ndarray) -> np.ndarray:
+        return ((x64[:, None, :] - x64[nbr]) ** 2).sum(-1)
+
+    assert np.allclose(dists(ours), dists(theirs), rtol=1e-5, atol=1e-4)
+    assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).all(axis=1).mean() > 0.99
+    assert np.array_equal(ours, knn_torch(x, 16, torch.device("cpu")))  # tiling does not change the result
+
+
+def test_torch_rounds_give_the_faiss_tree_for_the_same_neighbours():
+    x = mixture(3000, d=16, seed=7)
+    z_cpu = hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=300), backend=FaissBackend())
+    z_torch = hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=300), backend=TorchBackend(torch.device("cpu")))
+    for k in (30, 300):
+        assert adjusted_rand_score(cut(z_cpu, [k])[k], cut(z_torch, [k])[k]) > 0.99
