@@ -16,6 +16,8 @@ by `cluster-service extract` (all-MiniLM-L6-v2, layer 6, last-subword pooling, W
     python benchmarks/bench_cluster_scale.py timing --ns 10000,100000,1000000
     python benchmarks/bench_cluster_scale.py timing --device cuda --ns 1000000,5000000 --methods approx --cleanup
     python benchmarks/bench_cluster_scale.py quality --run RUN --layer 6 --n 20000
+    python benchmarks/bench_cluster_scale.py scale --run RUN --layers 3,4,5,6 --device cuda
+    python benchmarks/bench_cluster_scale.py knn --run RUN --layers 6 --probes 8,16,32
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ def timing(args: argparse.Namespace) -> None:
                    "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process",
                    "step_seconds": step_seconds(run.stderr)}
             if method == "approx":
-                row["m_rule"] = ApproxParams().leaves(n, args.k)
+                row["m_rule"] = ApproxParams().leaves(n, args.k, 5_000_000 if args.device == "cuda" else 1_000_000)
                 if args.micro:
                     row["m_forced"] = True  # --micro overrode the rule
                 row["leaves"] = LEAVES[summary["micro"] == n]
@@ -295,6 +297,108 @@ def quality(args: argparse.Namespace) -> None:
     save_rows(rows)
 
 
+def load_layers(run: str, layers: list[int], limit: int = 0) -> np.ndarray:
+    """The stored vectors of ``layers`` of a run, stacked (float32): real tokens beyond one layer's N;
+    the first ``limit`` of them if set."""
+    import zarr
+
+    group = zarr.open_group(str(Path(run) / "activations.zarr"), mode="r")
+    x = np.concatenate([np.asarray(group[f"layer_{layer}"][:], dtype=np.float32) for layer in layers])
+    return x[:limit] if limit else x
+
+
+def data_name(args: argparse.Namespace, n: int) -> str:
+    layers = ",".join(map(str, args.layers))
+    which = f"layers {layers} stacked" if len(args.layers) > 1 else f"layer {layers}"
+    return f"real:{args.model} {which}, {n} tokens ({args.corpus})"
+
+
+def scale(args: argparse.Namespace) -> None:
+    """Quality at scale: k-means-leaf trees at each M against the every-token-a-leaf tree, same tokens."""
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+
+    from cluster_service.cluster.approx import ward_tree
+    from cluster_service.cluster.backend import resolve_backend
+    from cluster_service.cluster.checkpoint import NoCheckpoint
+    from cluster_service.cluster.params import ApproxParams
+    from cluster_service.cluster.quality import within_sse
+    from cluster_service.cluster.source import ArraySource
+
+    x = load_layers(args.run, args.layers, args.limit)
+    n = len(x)
+    backend = resolve_backend(args.device)
+    machine = f"1x {torch.cuda.get_device_name(0)}" if args.device == "cuda" else args.machine
+    print(f"{n} tokens × {x.shape[1]} from layers {args.layers}; backend {backend.name}", file=sys.stderr, flush=True)
+    trees = {}
+    for m in [n, *args.ms]:
+        t0 = time.perf_counter()
+        tree = ward_tree(ArraySource(x), args.ks, ApproxParams(micro=m), backend, NoCheckpoint(), where=f"m={m}")
+        trees[m] = (tree, time.perf_counter() - t0)
+        print(f"m={m}: {trees[m][1]:.1f} s", file=sys.stderr, flush=True)
+    ref, _ = trees[n]
+    sse_ref = {k: within_sse(x, ref.assignments(k)) for k in args.ks}
+    rows = []
+    for m, (tree, secs) in trees.items():
+        for k in args.ks:
+            a = tree.assignments(k)
+            row = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": int(x.shape[1]), "k": k,
+                   "m": m, "method": "approx_ward", "data": data_name(args, n), "device": backend.name,
+                   "leaves": LEAVES[m == n], "seconds": round(secs, 1),
+                   "ari_vs_every_token": round(float(adjusted_rand_score(ref.assignments(k), a)), 4),
+                   "sse_ratio_vs_every_token": round(within_sse(x, a) / sse_ref[k], 4),
+                   "note": "seconds: this tree alone (all K) in one process; every-token tree = the m = n row"}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"{'m':>8} " + " ".join(f"ARI@{k:<5} SSE@{k:<5}" for k in args.ks), file=sys.stderr)
+    for m in trees:
+        cells = [r for r in rows if r["m"] == m]
+        print(f"{m:>8} " + " ".join(f"{r['ari_vs_every_token']:<9.4f} {r['sse_ratio_vs_every_token']:<9.4f}"
+                                    for r in cells), file=sys.stderr)
+    save_rows(rows, args.results)
+
+
+def knn(args: argparse.Namespace) -> None:
+    """Recall@k and time of the kNN searches on real vectors, against exact search of sampled queries."""
+    import torch
+
+    from cluster_service.cluster.knn import cell_knn, exact_knn, recall
+    from cluster_service.cluster.torch_ops import knn_torch
+
+    x = load_layers(args.run, args.layers, args.limit)
+    x -= x.mean(axis=0)
+    n = len(x)
+    rows = []
+    base = {"date": time.strftime("%Y-%m-%d"), "n": n, "d": int(x.shape[1]), "k": args.k,
+            "data": data_name(args, n), "queries": args.queries}
+    if args.device == "cuda":
+        t0 = time.perf_counter()
+        found = knn_torch(x, args.k, torch.device("cuda"))
+        secs = time.perf_counter() - t0
+        rows.append({**base, "machine": f"1x {torch.cuda.get_device_name(0)}", "method": "knn_tiled_cuda",
+                     "seconds": round(secs, 1), "recall": round(recall(x, found, args.k, args.queries), 4),
+                     "note": "TF32 tiles + exact fp32 re-rank of k+16 candidates; recall vs float64 brute force"})
+        print(json.dumps(rows[-1]), flush=True)
+    else:
+        t0 = time.perf_counter()
+        exact_knn(x[: args.exact_n], args.k + 1)
+        t_exact = time.perf_counter() - t0
+        rows.append({**base, "machine": args.machine, "method": "knn_exact_flat", "n": args.exact_n,
+                     "seconds": round(t_exact, 1), "seconds_at_n": round(t_exact * (n / args.exact_n) ** 2, 0),
+                     "note": f"FAISS flat search over the first {args.exact_n} points; seconds_at_n: N² from it"})
+        print(json.dumps(rows[-1]), flush=True)
+        for probes in args.probes:
+            t0 = time.perf_counter()
+            found = cell_knn(x, args.k + 1, probes=probes)
+            secs = time.perf_counter() - t0
+            rows.append({**base, "machine": args.machine, "method": "knn_cell", "probes": probes,
+                         "seconds": round(secs, 1), "recall": round(recall(x, found, args.k, args.queries), 4),
+                         "speedup_vs_exact": round(rows[0]["seconds_at_n"] / secs, 1),
+                         "note": "recall vs float64 brute force on the sampled queries"})
+            print(json.dumps(rows[-1]), flush=True)
+    save_rows(rows, args.results)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -324,8 +428,28 @@ def main() -> None:
     q.add_argument("--source", default="`cluster-service extract RUN --corpus-max-sentences 4500 --layers 6 "
                    "--pooling last` (seeded uniform sample of the WordNet demo sentences, 29,607 words); "
                    "--evaluate draws a seeded 20K-token sample from it")
+    for name, helptext in (("scale", "k-means-leaf trees at each M vs every token a leaf, on real tokens"),
+                           ("knn", "recall and time of the kNN searches on real tokens")):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("--run", required=True, help="a run store with extracted layers")
+        r.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[6],
+                       help="layers to stack (several: more real tokens than one layer holds)")
+        r.add_argument("--model", default="all-MiniLM-L6-v2")
+        r.add_argument("--corpus", default="the WordNet demo corpus, all 42,508 sentences")
+        r.add_argument("--machine", default=MACHINE)
+        r.add_argument("--limit", type=int, default=0, help="only the first N stacked tokens (0: all)")
+        r.add_argument("--results", type=Path, default=RESULTS)
+        r.add_argument("--device", choices=["cpu", "cuda", "torch-cpu"], default="cpu")
+        if name == "scale":
+            r.add_argument("--ms", type=lambda s: [int(x) for x in s.split(",")], default=[8192, 32768, 131072])
+            r.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[600, 200, 50])
+        else:
+            r.add_argument("--k", type=int, default=16)
+            r.add_argument("--probes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32])
+            r.add_argument("--queries", type=int, default=2000)
+            r.add_argument("--exact-n", type=int, default=50_000, help="points of the timed exact baseline")
     args = p.parse_args()
-    timing(args) if args.what == "timing" else quality(args)
+    {"timing": timing, "quality": quality, "scale": scale, "knn": knn}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import scipy.sparse as sp
 
@@ -27,6 +26,8 @@ def sample_indices(n: int, size: int, seed: int) -> np.ndarray:
 
 def train_kmeans(sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
     """FAISS k-means centroids [m, d] float32 (FAISS's own subsampling off: we sampled already)."""
+    import faiss  # here, not at import: the torch path runs where FAISS is not installed
+
     x = np.ascontiguousarray(sample, dtype=np.float32)
     km = faiss.Kmeans(x.shape[1], m, niter=iters, seed=seed, verbose=False,
                       max_points_per_centroid=max(1, math.ceil(len(x) / m)) + 1,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
-import faiss
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
@@ -36,6 +35,8 @@ def within_sse(x: np.ndarray, assignments: np.ndarray) -> float:
 
 
 def kmeans_assignments(x: np.ndarray, k: int, seed: int, iters: int = 20) -> np.ndarray:
+    import faiss  # here, not at import: the torch path runs where FAISS is not installed
+
     x32 = np.ascontiguousarray(x, dtype=np.float32)
     km = faiss.Kmeans(x32.shape[1], k, niter=iters, seed=seed, verbose=False,
                       max_points_per_centroid=len(x32))
