@@ -24,7 +24,7 @@ for step in "$@"; do
       timeout 400 python3 benchmarks/bench_cluster_scale.py knn --run $run --layers 3,4,5,6 --device cuda \
         --results "$results" > "$out/knn.log" 2>&1 ;;
     scale)
-      timeout 500 python3 benchmarks/bench_cluster_scale.py scale --run $run --layers 3,4,5,6 --device cuda \
+      timeout 400 python3 benchmarks/bench_cluster_scale.py scale --run $run --layers 3,4,5,6 --device cuda \
         --results "$results" > "$out/scale.log" 2>&1 ;;
     scale6)
       timeout 300 python3 benchmarks/bench_cluster_scale.py scale --run $run --layers 6 --device cuda \

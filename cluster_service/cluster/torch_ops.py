@@ -34,6 +34,8 @@ KMEANS_BLOCK = 8192
 #: kNN tiles: query rows × candidate columns of one distance matmul ([8192, 65536] fp32: 2 GB).
 KNN_ROWS = 8192
 KNN_COLS = 65536
+#: Columns per group of the tile selection's first pass (see ``_tile_topk``).
+TOPK_GROUP = 16
 #: Candidates kept beyond k per query for the exact re-rank (absorb TF32's reordering of near ties).
 RERANK_EXTRA = 16
 #: Query rows per exact re-rank block (the gathered [rows, k + extra, D] fp32 differences).
@@ -146,10 +148,11 @@ def knn_torch(points: np.ndarray, neighbors: int, device: torch.device, *, rows:
     force over every pair, in [rows, cols] tiles, so 5M points never need an [n, n] matrix.
 
     Each tile's distances come from one matmul (‖y‖² − 2·x·y; on a GPU in TF32, 8× the fp32 rate);
-    a running top-(k + ``RERANK_EXTRA``) per query keeps the candidates, which are then re-ranked by
-    their exact fp32 distance ‖x − y‖² (ties by index). TF32's rounding only reorders candidates whose
-    distances agree to ~1e-3, and the extra candidates absorb that, so the result is the exact
-    neighbours up to such near ties (measured against FAISS's exact search in the tests and on a GPU).
+    a running top-(k + ``RERANK_EXTRA``) per query keeps the candidates (``_tile_topk``), which are
+    then re-ranked by their exact fp32 distance ‖x − y‖² (ties by index). TF32's rounding only
+    reorders candidates whose distances agree to ~1e-3, and the extra candidates absorb that, so the
+    result is the exact neighbours up to such near ties (recall 1.0 against float64 brute force on
+    1.1M real MiniLM vectors, measured on a GPU; equal to FAISS's exact search in the tests).
     """
     x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
     n = len(x)
@@ -166,7 +169,7 @@ def knn_torch(points: np.ndarray, neighbors: int, device: torch.device, *, rows:
             best_i = torch.empty((len(xb), 0), dtype=torch.int64, device=device)
             for c in range(0, n, cols):
                 d = torch.addmm(norms[None, c:c + cols], xb, x[c:c + cols].T, beta=1.0, alpha=-2.0)
-                td, ti = torch.topk(d, min(kc, d.shape[1]), dim=1, largest=False, sorted=False)
+                td, ti = _tile_topk(d, kc)
                 best_d, pick = torch.topk(torch.cat([best_d, td], 1), min(kc, best_d.shape[1] + td.shape[1]),
                                           dim=1, largest=False, sorted=False)
                 best_i = torch.gather(torch.cat([best_i, ti + c], 1), 1, pick)
@@ -174,6 +177,28 @@ def knn_torch(points: np.ndarray, neighbors: int, device: torch.device, *, rows:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     return out.cpu().numpy()
+
+
+def _tile_topk(d: torch.Tensor, kc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kc smallest entries of each row of the tile ``d`` [R, C] (values, column indices).
+
+    Selection over C columns costs more than the tile's matmul, so it runs on group minima first:
+    the columns are cut into groups of ``TOPK_GROUP``, the kc groups with the smallest minima are
+    kept and only their members are ranked. That is exact: a group holding one of the row's kc
+    smallest entries e has a minimum ≤ e, and every group with a smaller minimum holds a distinct
+    entry smaller than e, of which there are fewer than kc.
+    """
+    r, c = d.shape
+    g = TOPK_GROUP
+    if c <= kc * g:
+        return torch.topk(d, min(kc, c), dim=1, largest=False, sorted=False)
+    if c % g:
+        d = torch.cat([d, torch.full((r, g - c % g), float("inf"), device=d.device)], 1)
+    groups = d.view(r, -1, g).amin(dim=2)
+    top_groups = torch.topk(groups, kc, dim=1, largest=False, sorted=False).indices
+    members = (top_groups[:, :, None] * g + torch.arange(g, device=d.device)).reshape(r, -1)
+    vals, pick = torch.topk(torch.gather(d, 1, members), kc, dim=1, largest=False, sorted=False)
+    return vals, torch.gather(members, 1, pick)
 
 
 def _rerank(x: torch.Tensor, xb: torch.Tensor, cand: torch.Tensor, kk: int) -> torch.Tensor:
