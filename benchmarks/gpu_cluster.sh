@@ -31,7 +31,7 @@ for step in "$@"; do
         --results "$results" > "$out/scale6.log" 2>&1 ;;
     timing1m|timing5m)
       n=1000000; [ $step = timing5m ] && n=5000000
-      timeout 540 python3 benchmarks/bench_cluster_scale.py timing --device cuda --ns $n --methods approx \
+      timeout ${TIMING_S:-540} python3 benchmarks/bench_cluster_scale.py timing --device cuda --ns $n --methods approx \
         --cleanup --workdir /tmp/cluster_bench --results "$results" > "$out/$step.log" 2>&1 ;;
   esac
   echo "$step rc=$?" >> "$out/rc.txt"

@@ -147,35 +147,34 @@ def knn_torch(points: np.ndarray, neighbors: int, device: torch.device, *, rows:
     """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first): brute
     force over every pair, in [rows, cols] tiles, so 5M points never need an [n, n] matrix.
 
-    Each tile's distances come from one matmul (‖y‖² − 2·x·y; on a GPU in TF32, 8× the fp32 rate);
+    Each tile's distances come from one matmul (‖y‖² − 2·x·y), on a GPU in float16 (tensor cores,
+    ~16× the fp32 rate; an fp32 matmul ran at 49 TFLOP/s on an H200, so 5M points took ~15 min);
     a running top-(k + ``RERANK_EXTRA``) per query keeps the candidates (``_tile_topk``), which are
-    then re-ranked by their exact fp32 distance ‖x − y‖² (ties by index). TF32's rounding only
-    reorders candidates whose distances agree to ~1e-3, and the extra candidates absorb that, so the
-    result is the exact neighbours up to such near ties (recall 1.0 against float64 brute force on
-    1.1M real MiniLM vectors, measured on a GPU; equal to FAISS's exact search in the tests).
+    then re-ranked by their exact fp32 distance ‖x − y‖² (ties by index). float16's rounding only
+    reorders candidates whose distances agree to ~1e-3 of ‖x‖², and the extra candidates absorb that,
+    so the result is the exact neighbours up to such near ties (recall against float64 brute force
+    is measured on real MiniLM vectors by ``bench_cluster_scale.py knn``; on the CPU the tiles are
+    fp32 and the result equals FAISS's exact search in the tests).
     """
     x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
     n = len(x)
     kk = min(neighbors + 1, n)
     kc = min(kk + RERANK_EXTRA, n)
     norms = (x * x).sum(dim=1)
+    xm = x.half() if device.type == "cuda" else x  # the tiles' matmul operand (see above)
     out = torch.empty((n, kk), dtype=torch.int64, device=device)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        for lo in range(0, n, rows):
-            xb = x[lo:lo + rows]
-            best_d = torch.full((len(xb), 0), float("inf"), device=device)
-            best_i = torch.empty((len(xb), 0), dtype=torch.int64, device=device)
-            for c in range(0, n, cols):
-                d = torch.addmm(norms[None, c:c + cols], xb, x[c:c + cols].T, beta=1.0, alpha=-2.0)
-                td, ti = _tile_topk(d, kc)
-                best_d, pick = torch.topk(torch.cat([best_d, td], 1), min(kc, best_d.shape[1] + td.shape[1]),
-                                          dim=1, largest=False, sorted=False)
-                best_i = torch.gather(torch.cat([best_i, ti + c], 1), 1, pick)
-            out[lo:lo + rows] = _rerank(x, xb, best_i, kk)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
+    for lo in range(0, n, rows):
+        xb = x[lo:lo + rows]
+        best_d = torch.full((len(xb), 0), float("inf"), device=device)
+        best_i = torch.empty((len(xb), 0), dtype=torch.int64, device=device)
+        for c in range(0, n, cols):
+            d = (xm[lo:lo + rows] @ xm[c:c + cols].T).float()
+            d.mul_(-2.0).add_(norms[None, c:c + cols])
+            td, ti = _tile_topk(d, kc)
+            best_d, pick = torch.topk(torch.cat([best_d, td], 1), min(kc, best_d.shape[1] + td.shape[1]),
+                                      dim=1, largest=False, sorted=False)
+            best_i = torch.gather(torch.cat([best_i, ti + c], 1), 1, pick)
+        out[lo:lo + rows] = _rerank(x, xb, best_i, kk)
     return out.cpu().numpy()
 
 
