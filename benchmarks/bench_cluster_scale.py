@@ -377,7 +377,7 @@ def knn(args: argparse.Namespace) -> None:
         secs = time.perf_counter() - t0
         rows.append({**base, "machine": f"1x {torch.cuda.get_device_name(0)}", "method": "knn_tiled_cuda",
                      "seconds": round(secs, 1), "recall": round(recall(x, found, args.k, args.queries), 4),
-                     "note": "float16 tile matmuls + exact fp32 re-rank of k+16 candidates; recall vs float64 brute force"})
+                     "note": "float16 tiles, exact fp32 re-rank of k+16 candidates; recall vs float64 brute force"})
         print(json.dumps(rows[-1]), flush=True)
     else:
         t0 = time.perf_counter()
