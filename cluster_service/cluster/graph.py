@@ -147,7 +147,8 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, 
     sums = host.to(dev).to(torch.float64)  # float32 tokens travel as float32, widen on the device
     if sums.data_ptr() == host.data_ptr():
         sums = sums.clone()  # float64 input on the CPU: the rounds must not write into the caller's array
-    sums -= sums.mean(dim=0)
+    # the mean in NumPy (pairwise, one thread): a torch CPU reduction over rows splits by thread count
+    sums -= torch.from_numpy(np.asarray(centroids).mean(axis=0, dtype=np.float64)).to(dev)
     size = torch.as_tensor(np.asarray(sizes, dtype=np.float64), device=dev).clone()
     sums *= size[:, None]
     rep = torch.arange(n, device=dev)  # a leaf inside each current cluster, names it in the merge list
