@@ -156,6 +156,7 @@ def wait_job(cluster: RayHosts, jobdir: Path, job: str, timeout: float = 300) ->
 def objects(fs, prefix: str) -> dict[str, bytes]:
     """Every object of a run store, by key relative to the run."""
     root = f"{BUCKET}/{prefix}"
+    fs.invalidate_cache()  # listings made while the job ran are stale
     return {key[len(root) + 1:]: fs.cat_file(key) for key in fs.find(root)}
 
 
