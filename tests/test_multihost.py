@@ -204,8 +204,9 @@ def test_pipeline_job_spreads_over_hosts_and_equals_a_one_host_run(cluster, s3, 
         time.sleep(1)
     assert len(hosts_of(cluster, tasks)) >= 2, [(t["node_id"], t["state"]) for t in tasks]
     assert_same_store(fs, "spread", onehost)
+    lost = [line for line in log.splitlines() if "extraction actor lost" in line]
     print(f"spread job: {seconds:.0f} s; actors on {sorted(hosts_of(cluster, actors))}, "
-          f"{len(tasks)} assignment tasks on {sorted(hosts_of(cluster, tasks))}")
+          f"{len(tasks)} assignment tasks on {sorted(hosts_of(cluster, tasks))}; actors given up: {lost}")
 
 
 def done_shards(fs, prefix: str) -> int:
