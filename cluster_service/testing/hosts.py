@@ -78,7 +78,7 @@ def namespaces_unavailable() -> str | None:
 
 
 def _owner_alive(pid: int) -> bool:
-    return pid == os.getpid() or psutil.pid_exists(pid)
+    return pid == os.getpid() or _running(pid)
 
 
 def _kill_netns_processes(netns: list[str], grace_s: float = 3.0) -> None:
