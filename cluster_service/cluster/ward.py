@@ -12,6 +12,7 @@ every step a vectorised O(M) row operation, no Python loop over pairs.
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
 
@@ -27,15 +28,19 @@ def _initial_costs(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     n = sizes.astype(np.float64)
     m = len(n)
     cost = np.empty((m, m), dtype=np.float64)
-    for lo in range(0, m, _BLOCK):
-        hi = min(lo + _BLOCK, m)
-        block = cost[lo:hi]
-        np.matmul(x[lo:hi], x.T, out=block)
-        block *= -2.0
-        block += sq[lo:hi, None]
-        block += sq[None, :]
-        np.maximum(block, 0.0, out=block)
-        block *= 2.0 * n[lo:hi, None] * n[None, :] / (n[lo:hi, None] + n[None, :])
+    # one BLAS thread: OpenBLAS splits a product differently for another thread count and the last
+    # bits of the heights move, so the tree a job's driver makes (Ray gives it one thread) would differ
+    # from the same run's on a laptop (every core); one thread costs ~10 s at 8192 leaves here
+    with threadpool_limits(1, user_api="blas"):
+        for lo in range(0, m, _BLOCK):
+            hi = min(lo + _BLOCK, m)
+            block = cost[lo:hi]
+            np.matmul(x[lo:hi], x.T, out=block)
+            block *= -2.0
+            block += sq[lo:hi, None]
+            block += sq[None, :]
+            np.maximum(block, 0.0, out=block)
+            block *= 2.0 * n[lo:hi, None] * n[None, :] / (n[lo:hi, None] + n[None, :])
     np.fill_diagonal(cost, np.inf)
     return cost
 

@@ -6,6 +6,12 @@ is restarted by Ray (model reloaded) and the calls it held are retried on it; a 
 write died with the actor has no marker, so after every actor has flushed, the shards still without
 one get another round. Shards are idempotent, so at-least-once execution is safe. Each shard is
 prepared (tokenized, batched) in a Ray task of its own and reaches its actor as finished batches.
+
+When a whole node is lost, Ray restarts its actors elsewhere, but only where their resources are
+free: on a cluster whose every GPU (or CPU) holds an actor, the restart waits for capacity that never
+comes, and the calls queued on it with it. So once the other actors have run out of work and an
+actor holding shards has not been ALIVE for LOST_S, it is killed for good (no process of it runs, so
+nothing of it can still write) and its shards go to the actors left.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ MAX_ATTEMPTS = 4
 # shards handed to an actor before it finishes one: one computing, one whose second thread waits for
 # the model, and one more whose batches are being prepared meanwhile (with two, the model idled ~30%)
 IN_FLIGHT = 4
+#: seconds between looks at the actors' states while no result comes back
+POLL_S = 5.0
+#: an actor not ALIVE (restarting, waiting for a node with free resources) this long while the others
+#: have nothing left to do is given up, and its shards are handed to them
+LOST_S = 30.0
 # no CPU reserved: actors may hold every CPU Ray reports; the driver bounds these to IN_FLIGHT per actor
 prepare = ray.remote(num_cpus=0, max_retries=3)(prepare_shard)
 
@@ -147,9 +158,39 @@ def _run_round(actors: list, tasks: ShardTasks, todo: list[int], attempts: dict[
                 inflight[actors[i].process.remote(task.header(), batches)] = (i, shard)
                 load[i] += 1
 
+    def give_up_stuck() -> None:
+        """Kill actors Ray cannot bring back while the rest idle; requeue what they held."""
+        now = time.monotonic()
+        holders = {i for i, _ in inflight.values()}
+        idle = [j for j in alive if load[j] == 0 and actor_state(actors[j]) == "ALIVE"]
+        for i in sorted(holders):
+            state = actor_state(actors[i])
+            if state in ("ALIVE", None):
+                stuck.pop(i, None)
+                continue
+            since = stuck.setdefault(i, now)
+            if queue or not idle or now - since < LOST_S:
+                continue
+            ray.kill(actors[i], no_restart=True)
+            alive.discard(i)
+            held = [ref for ref, (j, _) in inflight.items() if j == i]
+            shards = [inflight.pop(ref)[1] for ref in held]
+            load[i] = 0
+            log_event(log, "extraction actor lost", level=logging.WARNING, actor=i, state=state,
+                      waited_s=round(now - since, 1), shards=shards)
+            for s in shards:
+                _requeue(queue, s, attempts)
+
+    stuck: dict[int, float] = {}  # actor index -> when it was first seen not ALIVE
     submit()
     while inflight:
-        ready, _ = ray.wait(list(inflight), num_returns=1)
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
+        if not ready:
+            give_up_stuck()
+            if not alive:
+                raise RuntimeError("every extraction actor died; see the worker logs")
+            submit()
+            continue
         i, shard = inflight.pop(ready[0])
         load[i] -= 1
         try:
@@ -174,6 +215,17 @@ def _run_round(actors: list, tasks: ShardTasks, todo: list[int], attempts: dict[
         except ray.exceptions.RayError as exc:  # its unwritten shards have no marker: next round
             log_event(log, "flush failed", level=logging.WARNING, actor=i, error=type(exc).__name__)
     return [actors[i] for i in sorted(alive)]
+
+
+def actor_state(actor) -> str | None:
+    """Ray's state of ``actor`` (ALIVE, RESTARTING, PENDING_CREATION, DEAD ...), read from the GCS (no
+    dashboard needed); None when it cannot be read, which counts as ALIVE: never give up on a guess."""
+    try:
+        from ray._private.state import actors
+
+        return actors(actor_id=actor._actor_id.hex()).get("State")
+    except Exception:  # noqa: BLE001 - a private API: any failure means "unknown"
+        return None
 
 
 def _requeue(queue: list[int], shard: int, attempts: dict[int, int]) -> None:
