@@ -1,0 +1,169 @@
+"""A concept index per (layer, K): a word vector in, the run's concept for it out.
+
+Two ways to find the concept, both over what the cluster stage wrote:
+
+- ``knn``: FAISS search over the layer's stored token vectors, and a vote of the nearest neighbours'
+  concepts (``assignments_k{K}.npy``); the confidence is the winner's share of the votes, the distance
+  the one to the winner's nearest member. A vector within ``match_tolerance`` of a stored one is that
+  stored token (a corpus sentence sent back), and gets the concept the run gave it, not the vote's:
+  a token near a concept's edge may be outvoted by its neighbours.
+- ``micro``: the nearest micro-centroid (``micro_centroids.npy``, the leaves of the Ward tree) and the
+  concept its tokens were cut into (every leaf lies in one concept); confidence 1. It needs no
+  activations, so it serves runs that freed them, and holds M rows instead of N (a 5M x 768 layer of
+  token vectors is 7.7 GB per flat index).
+
+Labels, sizes, top words and examples come from ``concepts_with_labels``, the one reader of labelled
+concept tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..annotate.labels import concepts_with_labels
+from ..cluster.checkpoint import LayerDir
+from ..errors import UserError
+from ..extract.stage import freed_message
+from ..logs import log_event
+from ..store import RunStore
+from .config import ServeConfig
+
+log = logging.getLogger("cluster_service.serve")
+TOP_WORDS = 20  # word types a concept description lists
+
+
+@dataclass
+class Lookup:
+    """The index's answer for n vectors."""
+
+    concept: np.ndarray  # int32 [n]
+    distance: np.ndarray  # float32 [n], Euclidean
+    confidence: np.ndarray  # float32 [n], the winner's vote share (1 for micro and stored tokens)
+    via: np.ndarray  # str [n]: "stored" (a stored token's own concept), "knn" (the vote) or "micro"
+
+
+def choose_kind(cfg: ServeConfig, tokens: int, freed: bool) -> str:
+    if cfg.index != "auto":
+        return cfg.index
+    return "micro" if freed or tokens > cfg.knn_max else "knn"
+
+
+def vote(neighbour_concepts: np.ndarray, distances: np.ndarray) -> Lookup:
+    """Majority vote per row of [n, k] neighbour concepts (ties: the concept with the nearer member)."""
+    n, k = neighbour_concepts.shape
+    rows = np.arange(n)
+    # votes each neighbour's concept got in its row; a nearer member breaks ties (columns are sorted)
+    same = neighbour_concepts[:, :, None] == neighbour_concepts[:, None, :]
+    votes = same.sum(axis=2)
+    score = votes * (k + 1) - np.arange(k)[None, :]  # most votes first, then the earliest column
+    best = np.argmax(score, axis=1)
+    return Lookup(neighbour_concepts[rows, best].astype(np.int32),
+                  np.sqrt(np.maximum(distances[rows, best], 0)).astype(np.float32),
+                  (votes[rows, best] / k).astype(np.float32), np.full(n, "knn", dtype="<U6"))
+
+
+class ConceptIndex:
+    """One (layer, K) of a run: a FAISS flat index over vectors, the concept of each row, the labels."""
+
+    def __init__(self, layer: int, k: int, kind: str, vectors: np.ndarray, row_concept: np.ndarray,
+                 concepts: list[dict[str, Any]], neighbors: int = 1, match_tolerance: float = 0.0):
+        import faiss
+
+        self.layer, self.k, self.kind = layer, k, kind
+        self.rows = len(vectors)
+        self.neighbors = min(neighbors, self.rows) if kind == "knn" else 1
+        self.match_tolerance = match_tolerance
+        self.index = faiss.IndexFlatL2(vectors.shape[1])
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        self.row_concept = row_concept.astype(np.int32)
+        self.concepts = {int(c["concept"]): c for c in concepts}
+
+    @property
+    def dims(self) -> int:
+        return self.index.d
+
+    def lookup(self, vectors: np.ndarray) -> Lookup:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(x) == 0:
+            empty = np.zeros(0, np.float32)
+            return Lookup(np.zeros(0, np.int32), empty, empty, np.zeros(0, dtype="<U6"))
+        distances, ids = self.index.search(x, self.neighbors)
+        if self.kind == "micro":
+            return Lookup(self.row_concept[ids[:, 0]], np.sqrt(np.maximum(distances[:, 0], 0)).astype(np.float32),
+                          np.ones(len(x), np.float32), np.full(len(x), "micro", dtype="<U6"))
+        found = vote(self.row_concept[ids], distances)
+        nearest = np.sqrt(np.maximum(distances[:, 0], 0))
+        stored = nearest <= self.match_tolerance * np.linalg.norm(x, axis=1)
+        found.concept[stored] = self.row_concept[ids[stored, 0]]
+        found.distance[stored] = nearest[stored]
+        found.confidence[stored] = 1.0
+        found.via[stored] = "stored"
+        return found
+
+    def label(self, concept: int) -> str | None:
+        return self.concepts[concept]["label"]
+
+    def describe(self, concept: int) -> dict[str, Any] | None:
+        """The concept's label, size, top words, examples and tree neighbours (None if there is no such id)."""
+        c = self.concepts.get(concept)
+        if c is None:
+            return None
+        return {"layer": self.layer, "k": self.k, "concept": concept, "label": c["label"],
+                "label_status": c.get("label_status"), "size": c["size"],
+                "top_words": [{"word": t["word"], "count": t["count"]} for t in c["top_types"][:TOP_WORDS]],
+                "examples": [{"word": e["word"], "position": e["position"], "sentence": e["sentence"]}
+                             for e in c["examples"]],
+                "parent": c.get("parent"), "children": list(c.get("children") or [])}
+
+    def info(self) -> dict[str, Any]:
+        return {"layer": self.layer, "k": self.k, "index": self.kind, "rows": self.rows,
+                "neighbors": self.neighbors, "concepts": len(self.concepts), "match_tolerance": self.match_tolerance}
+
+
+def load_index(store: RunStore, layer: int, k: int, cfg: ServeConfig) -> ConceptIndex:
+    """The index of ``layer``/``k`` as ``cfg`` asks for it, or one line saying what the run lacks."""
+    ldir = LayerDir(store, layer)
+    name = f"assignments_k{k}.npy"
+    if not ldir.store.has(ldir.key(name)):
+        raise UserError(f"{store.where(ldir.key(name))}: missing; run `cluster-service cluster {store.where()} "
+                        f"--layers {layer} --k {k}` first")
+    assignments = ldir.load(name)
+    freed = freed_message(store, layer)
+    kind = choose_kind(cfg, len(assignments), freed is not None)
+    table = concepts_with_labels(store, layer, k, cfg.annotator or None)
+    keep = ["concept", "label", "label_status", "size", "top_types", "examples", "parent", "children"]
+    concepts = table.select([c for c in keep if c in table.column_names]).to_pylist()
+    if kind == "knn":
+        if freed:
+            raise UserError(f"{freed}; or serve the micro-centroid index (--index micro)")
+        vectors = store.layer_array(layer)[:]
+        if len(vectors) != len(assignments):
+            raise UserError(f"{store.where(ldir.key(name))}: {len(assignments)} rows but layer {layer} stores "
+                            f"{len(vectors)} vectors; recluster the run")
+        index = ConceptIndex(layer, k, "knn", vectors, assignments, concepts, cfg.neighbors, cfg.match_tolerance)
+    else:
+        vectors, row_concept = micro_vectors(store, ldir, layer, assignments, freed)
+        index = ConceptIndex(layer, k, "micro", vectors, row_concept, concepts)
+    log_event(log, "concept index loaded", **index.info())
+    return index
+
+
+def micro_vectors(store: RunStore, ldir: LayerDir, layer: int, assignments: np.ndarray,
+                  freed: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The tree's leaves as vectors and the concept of each: micro-centroids when the tree has them, the
+    token vectors themselves when every token was a leaf (M = N)."""
+    if ldir.store.has(ldir.key("micro_centroids.npy")):
+        centroids = ldir.load("micro_centroids.npy")
+        token_micro = ldir.load("token_micro.npy")
+        micro_concept = np.full(len(centroids), -1, dtype=np.int64)
+        micro_concept[token_micro] = assignments
+        used = micro_concept >= 0  # a leaf no token fell into has no concept
+        return centroids[used], micro_concept[used]
+    if freed:
+        raise UserError(f"{freed}; the clustering of layer {layer} kept no micro-centroids (every token was a "
+                        "leaf), so no index can be built without them")
+    return store.layer_array(layer)[:], assignments
