@@ -104,6 +104,7 @@ class Model:
         self.indexes = indexes  # "layer:k" -> handle of its Index deployment
         self.concepts.set_max_batch_size(cfg.batch_size)
         self.concepts.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        self.batches = {"batches": 0, "requests": 0, "largest": 0, "words": 0}
         log_event(log, "model replica ready", pid=os.getpid(), device=str(self.encoder.lm.device),
                   layers=layers, threads=threads)
 
@@ -111,9 +112,13 @@ class Model:
     async def concepts(self, requests: list[tuple[list[str], list[int], int]]) -> list[dict[int, list[dict]]]:
         """Per request (its tokenized texts, layers, K): each asked layer's concept answers in word order."""
         sentences = [s for texts, _, _ in requests for s in texts]
+        self.batches["batches"] += 1
+        self.batches["requests"] += len(requests)
+        self.batches["largest"] = max(self.batches["largest"], len(requests))
         # in a thread: the event loop keeps taking requests and forming the next batch meanwhile
         vectors = await asyncio.to_thread(self.encoder.encode, sentences)
         counts = [sum(s.count(" ") + 1 for s in texts) for texts, _, _ in requests]
+        self.batches["words"] += sum(counts)
         starts = np.concatenate([[0], np.cumsum(counts)])
         wanted: dict[tuple[int, int], list[int]] = {}  # (layer, k) -> requests asking for it
         for i, (_, layers, k) in enumerate(requests):
@@ -131,6 +136,10 @@ class Model:
                 out[i][layer] = answered[at: at + counts[i]]
                 at += counts[i]
         return out
+
+    def stats(self) -> dict[str, int]:
+        """Batches this replica ran, the requests and words in them, the most requests in one."""
+        return dict(self.batches)
 
 
 @serve.deployment
@@ -152,7 +161,11 @@ class Api:
             query, tokenized = self.front.prepare(schema.parse_body(await request.body()))
         except RequestError as exc:
             return error_response(exc)
-        per_layer = await self.model.concepts.remote((tokenized, query.layers, query.k))
+        try:
+            per_layer = await self.model.concepts.remote((tokenized, query.layers, query.k))
+        except Exception as exc:  # a replica lost mid-request (Serve replaces it): the client may retry
+            log_event(log, "model call failed", level=logging.WARNING, error=type(exc).__name__)
+            return error_response(RequestError(503, "model", f"unavailable ({type(exc).__name__}); retry"))
         return self.front.assemble(query, tokenized, per_layer)
 
     @api.get("/v1/concepts/{layer}/{k}/{id}", response_model=schema.ConceptResponse, responses=ERRORS,

@@ -19,14 +19,16 @@ class ServeConfig:
     k: list[PositiveInt] = field(default_factory=list)
     """Numbers of concepts to serve (comma-separated); empty means every K the run has a concept table of.
     A request that names no K gets the largest."""
-    index: Literal["auto", "knn", "micro"] = "auto"
+    index: Literal["auto", "knn", "micro", "centroid"] = "auto"
     """How a vector finds its concept: knn = FAISS search over the run's stored token vectors and a vote
     of the nearest neighbours' concepts (confidence = the winner's vote share); micro = the nearest
-    micro-centroid of the clustering, then its concept (confidence 1); auto = knn up to --knn-max
-    tokens per layer, micro above (a 5M x 768 layer of vectors is 7.7 GB per index) or when the
-    activations were freed."""
-    neighbors: PositiveInt = 10
-    """Neighbours that vote in the knn index."""
+    micro-centroid of the clustering, then its concept; centroid = the nearest concept centroid (needs
+    only the concept table; on held-out words it agreed best with a clustering that included them,
+    see benchmarks/results/serve.json); auto = knn up to --knn-max tokens per layer, micro above (a
+    5M x 768 layer of vectors is 7.7 GB per index) or when the activations were freed."""
+    neighbors: PositiveInt = 5
+    """Neighbours that vote in the knn index (on MiniLM's layer 0, fewer agreed better with a clustering
+    that included held-out words: 1 > 5 > 10; at layer 3 it made little difference)."""
     match_tolerance: Annotated[float, Range(min=0.0, max=1.0)] = 0.01
     """A vector this close to a stored token's (relative to its norm) is that token, in the concept the
     run gave it (knn index; float16 storage and packing move a recomputed vector by ~1e-3 of its norm)."""

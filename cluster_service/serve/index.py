@@ -12,6 +12,13 @@ Two ways to find the concept, both over what the cluster stage wrote:
   activations, so it serves runs that freed them, and holds M rows instead of N (a 5M x 768 layer of
   token vectors is 7.7 GB per flat index).
 
+- ``centroid``: the nearest concept centroid (the concept table's ``centroid``; K rows); confidence 1.
+  It needs neither activations nor micro-centroids. Ward's merge cost of adding a vector to a
+  concept grows with the distance to its centroid, so on the held-out test of the tests and
+  ``benchmarks/bench_serve.py`` it agreed with a clustering that included the held-out words more
+  often than the token vote did (at layer 0 of MiniLM, where neighbours are mostly the same word
+  type, by 0.2-0.3).
+
 Labels, sizes, top words and examples come from ``concepts_with_labels``, the one reader of labelled
 concept tables.
 """
@@ -43,7 +50,7 @@ class Lookup:
     concept: np.ndarray  # int32 [n]
     distance: np.ndarray  # float32 [n], Euclidean
     confidence: np.ndarray  # float32 [n], the winner's vote share (1 for micro and stored tokens)
-    via: np.ndarray  # str [n]: "stored" (a stored token's own concept), "knn" (the vote) or "micro"
+    via: np.ndarray  # str [n]: "stored" (a stored token's own concept), "knn" (the vote), "micro" or "centroid"
 
 
 def choose_kind(cfg: ServeConfig, tokens: int, freed: bool) -> str:
@@ -63,7 +70,7 @@ def vote(neighbour_concepts: np.ndarray, distances: np.ndarray) -> Lookup:
     best = np.argmax(score, axis=1)
     return Lookup(neighbour_concepts[rows, best].astype(np.int32),
                   np.sqrt(np.maximum(distances[rows, best], 0)).astype(np.float32),
-                  (votes[rows, best] / k).astype(np.float32), np.full(n, "knn", dtype="<U6"))
+                  (votes[rows, best] / k).astype(np.float32), np.full(n, "knn", dtype="<U8"))
 
 
 class ConceptIndex:
@@ -90,11 +97,11 @@ class ConceptIndex:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(x) == 0:
             empty = np.zeros(0, np.float32)
-            return Lookup(np.zeros(0, np.int32), empty, empty, np.zeros(0, dtype="<U6"))
+            return Lookup(np.zeros(0, np.int32), empty, empty, np.zeros(0, dtype="<U8"))
         distances, ids = self.index.search(x, self.neighbors)
-        if self.kind == "micro":
+        if self.kind != "knn":
             return Lookup(self.row_concept[ids[:, 0]], np.sqrt(np.maximum(distances[:, 0], 0)).astype(np.float32),
-                          np.ones(len(x), np.float32), np.full(len(x), "micro", dtype="<U6"))
+                          np.ones(len(x), np.float32), np.full(len(x), self.kind, dtype="<U8"))
         found = vote(self.row_concept[ids], distances)
         nearest = np.sqrt(np.maximum(distances[:, 0], 0))
         stored = nearest <= self.match_tolerance * np.linalg.norm(x, axis=1)
@@ -137,9 +144,12 @@ def load_index(store: RunStore, layer: int, k: int, cfg: ServeConfig) -> Concept
     table = concepts_with_labels(store, layer, k, cfg.annotator or None)
     keep = ["concept", "label", "label_status", "size", "top_types", "examples", "parent", "children"]
     concepts = table.select([c for c in keep if c in table.column_names]).to_pylist()
-    if kind == "knn":
+    if kind == "centroid":
+        centroids = np.asarray(table.column("centroid").to_pylist(), dtype=np.float32)
+        index = ConceptIndex(layer, k, "centroid", centroids, np.asarray(table.column("concept")), concepts)
+    elif kind == "knn":
         if freed:
-            raise UserError(f"{freed}; or serve the micro-centroid index (--index micro)")
+            raise UserError(f"{freed}; or serve the micro-centroid or centroid index (--index micro|centroid)")
         vectors = store.layer_array(layer)[:]
         if len(vectors) != len(assignments):
             raise UserError(f"{store.where(ldir.key(name))}: {len(assignments)} rows but layer {layer} stores "
@@ -165,5 +175,5 @@ def micro_vectors(store: RunStore, ldir: LayerDir, layer: int, assignments: np.n
         return centroids[used], micro_concept[used]
     if freed:
         raise UserError(f"{freed}; the clustering of layer {layer} kept no micro-centroids (every token was a "
-                        "leaf), so no index can be built without them")
+                        "leaf), so the micro index needs them; or serve the concept centroids (--index centroid)")
     return store.layer_array(layer)[:], assignments

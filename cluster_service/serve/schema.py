@@ -146,7 +146,8 @@ class WordConcept(BaseModel):
     confidence: float = Field(description="Share of the nearest neighbours that voted for the concept (1 for micro "
                               "and stored).")
     via: str = Field(description="stored (the vector is a stored token's: the concept the run gave it), knn (the "
-                     "neighbours' vote) or micro (the nearest micro-centroid's concept).")
+                     "neighbours' vote), micro (the nearest micro-centroid's concept) or centroid (the nearest "
+                     "concept centroid).")
 
 
 class WordResult(BaseModel):
@@ -193,7 +194,8 @@ class ConceptResponse(BaseModel):
 class IndexInfo(BaseModel):
     layer: int
     k: int
-    index: str = Field(description="knn (vote over stored token vectors) or micro (nearest micro-centroid).")
+    index: str = Field(description="knn (vote over stored token vectors), micro (nearest micro-centroid) or centroid "
+                       "(nearest concept centroid).")
     rows: int
     neighbors: int
     concepts: int
