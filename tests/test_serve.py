@@ -67,13 +67,15 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(runs, ray_local):
-    """The Serve application of run A with an API key, on a free loopback port; shut down afterwards."""
+    """The Serve application of run A with an API key, on a free loopback port; shut down afterwards. Its
+    model replica asks the Index deployments (local_index_mb=0); the offline verb's test compares that
+    path's answers with the in-process one's."""
     from cluster_service.serve.run import start, stop
 
     key = "sk-" + secrets.token_hex(16)
     os.environ[KEY_ENV] = key
     cfg = ServeConfig(port=free_port(), cpus_per_replica=1, api_key_env=KEY_ENV, max_words=200, max_chars=2000,
-                      max_texts=8, batch_wait_s=0.05, app_name="concepts_test")
+                      max_texts=8, batch_wait_s=0.05, app_name="concepts_test", local_index_mb=0)
     try:
         url = start(runs[0].where(), cfg, timeout_s=300)
         yield url, key, cfg
@@ -337,6 +339,38 @@ def test_auto_index_picks_micro_centroids_above_knn_max(runs):
     assert load_index(a, 0, 8, ServeConfig()).kind == "knn"
 
 
+def test_serve_config_yaml_names_the_builder_with_valid_args(runs):
+    """deploy/serve.yaml: its import path is the builder, its args are ServeConfig fields, and the builder
+    makes the application of a run (and refuses bad args in one line)."""
+    import dataclasses
+    import importlib
+
+    import yaml
+
+    from cluster_service.serve.app import build
+
+    doc = yaml.safe_load((DEMO.parents[2] / "deploy" / "serve.yaml").read_text())
+    assert doc["http_options"]["host"] == "127.0.0.1"
+    (spec,) = doc["applications"]
+    module, name = spec["import_path"].split(":")
+    assert getattr(importlib.import_module(module), name) is build
+    fields = {f.name for f in dataclasses.fields(ServeConfig)}
+    assert set(spec["args"]) - {"run"} <= fields - {"host", "port", "address"}
+    args = {**spec["args"], "run": runs[0].where(), "k": [8]}
+    assert type(build(args)).__name__ == "Application"
+    with pytest.raises(UserError, match="serve config args index"):
+        build({**args, "index": "nearest"})
+    with pytest.raises(UserError, match="run: required"):
+        build({"k": [8]})
+    sys_path = str(DEMO.parents[2])
+    import sys
+
+    sys.path.insert(0, sys_path)
+    try:
+        assert importlib.import_module("ray_jobs.serve").app is build
+    finally:
+        sys.path.remove(sys_path)
+
 def test_killed_model_replica_is_replaced_and_requests_after_succeed(runs, service, ray_local):
     """Last: kills the model replica while requests are in flight."""
     import ray
@@ -384,3 +418,4 @@ def test_killed_model_replica_is_replaced_and_requests_after_succeed(runs, servi
     assert ok == 5
     # in flight while it died: answered, or a 5xx (the ingress's own is one line of JSON)
     assert statuses and all(s == 200 or (s >= 500 and ("error" in b or s != 503)) for s, b in statuses)
+

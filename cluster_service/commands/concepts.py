@@ -20,7 +20,7 @@ from .stage_verb import int_list, stage_config
 
 #: fields of ServeConfig that only the HTTP service has
 SERVICE_ONLY = ("host", "port", "address", "api_key_env", "app_name", "route_prefix", "max_ongoing_requests",
-                "batch_size", "batch_wait_s", "model_replicas")
+                "batch_size", "batch_wait_s", "model_replicas", "access_log")
 
 
 def register(sub) -> None:

@@ -6,8 +6,9 @@
   sends raises inside a replica.
 - ``Model``: the run's model (one replica per GPU, or CPU replicas) behind ``@serve.batch``: concurrent
   requests are joined into one ``ShardTask`` and share forward passes. After the forward passes of a
-  batch it asks each (layer, K) index once for the whole batch, not once per request: on a 2-core box
-  every actor call costs about a millisecond of CPU that the model would otherwise have.
+  batch it asks each (layer, K) index once for the whole batch, not once per request; indexes small
+  enough (``local_index_mb``) it holds itself and searches without any call: on the 2-core box the
+  calls to seven index replicas took longer than the batch's forward passes.
 - ``Index``: a ``ConceptIndex`` of one (layer, K).
 
 ``build`` makes the application from a run and a ``ServeConfig``; it is also the builder that
@@ -20,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ from ..store import RunStore
 from . import schema
 from .config import ServeConfig
 from .encoder import Recipe, TextEncoder
-from .index import load_index
+from .index import Lookup, index_plan, load_index
 from .schema import RequestError
 from .service import Front, answers, unknown_concept
 
@@ -84,8 +86,8 @@ class Index:
     def __init__(self, run: str, layer: int, k: int, cfg: ServeConfig):
         self.index = load_index(RunStore(run), layer, k, cfg)
 
-    def answers(self, vectors: np.ndarray) -> list[dict[str, Any]]:
-        return answers(self.index, vectors)
+    def lookup(self, vectors: np.ndarray) -> Lookup:
+        return self.index.lookup(vectors)
 
     def describe(self, concept: int) -> dict[str, Any] | None:
         return self.index.describe(concept)
@@ -98,25 +100,27 @@ class Index:
 class Model:
     """The run's model behind dynamic batching; each batch's vectors go to the indexes in one call each."""
 
-    def __init__(self, recipe: Recipe, layers: list[int], cfg: ServeConfig, indexes: dict[str, Any], threads: int):
+    def __init__(self, recipe: Recipe, layers: list[int], cfg: ServeConfig, indexes: dict[str, Any], threads: int,
+                 local: tuple[str, list[tuple[int, int]]] | None = None):
         self.encoder = TextEncoder(recipe, layers, cfg.device, threads)
         self.layers = layers
         self.indexes = indexes  # "layer:k" -> handle of its Index deployment
+        # (run, tables) when the indexes are small enough to search here (ServeConfig.local_index_mb)
+        self.local = None if local is None else {
+            f"{layer}:{k}": load_index(RunStore(local[0]), layer, k, cfg) for layer, k in local[1]}
         self.concepts.set_max_batch_size(cfg.batch_size)
         self.concepts.set_batch_wait_timeout_s(cfg.batch_wait_s)
-        self.batches = {"batches": 0, "requests": 0, "largest": 0, "words": 0}
+        self.batches = {"batches": 0, "requests": 0, "largest": 0, "words": 0, "model_s": 0.0, "index_s": 0.0}
         log_event(log, "model replica ready", pid=os.getpid(), device=str(self.encoder.lm.device),
                   layers=layers, threads=threads)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
-    async def concepts(self, requests: list[tuple[list[str], list[int], int]]) -> list[dict[int, list[dict]]]:
-        """Per request (its tokenized texts, layers, K): each asked layer's concept answers in word order."""
+    async def concepts(self, requests: list[tuple[list[str], list[int], int]]) -> list[dict[int, Lookup]]:
+        """Per request (its tokenized texts, layers, K): each asked layer's lookup, in word order."""
         sentences = [s for texts, _, _ in requests for s in texts]
         self.batches["batches"] += 1
         self.batches["requests"] += len(requests)
         self.batches["largest"] = max(self.batches["largest"], len(requests))
-        # in a thread: the event loop keeps taking requests and forming the next batch meanwhile
-        vectors = await asyncio.to_thread(self.encoder.encode, sentences)
         counts = [sum(s.count(" ") + 1 for s in texts) for texts, _, _ in requests]
         self.batches["words"] += sum(counts)
         starts = np.concatenate([[0], np.cumsum(counts)])
@@ -126,19 +130,36 @@ class Model:
                 wanted.setdefault((layer, k), []).append(i)
         keys = sorted(wanted)
         rows = {key: np.concatenate([np.arange(starts[i], starts[i + 1]) for i in wanted[key]]) for key in keys}
-        found = await asyncio.gather(*(
-            self.indexes[f"{layer}:{k}"].answers.remote(vectors[self.layers.index(layer)][rows[(layer, k)]])
-            for layer, k in keys))
-        out: list[dict[int, list[dict]]] = [{} for _ in requests]
-        for (layer, k), answered in zip(keys, found, strict=True):
+
+        def vectors_of(vectors: np.ndarray, layer: int, k: int) -> np.ndarray:
+            return vectors[self.layers.index(layer)][rows[(layer, k)]]
+
+        def compute() -> tuple[np.ndarray, list[Lookup] | None, float]:
+            vectors = self.encoder.encode(sentences)
+            t = time.perf_counter()
+            if self.local is None:
+                return vectors, None, t
+            return vectors, [self.local[f"{layer}:{k}"].lookup(vectors_of(vectors, layer, k)) for layer, k in keys], t
+
+        t0 = time.perf_counter()
+        # in a thread: the event loop keeps taking requests and forming the next batch meanwhile
+        vectors, found, t1 = await asyncio.to_thread(compute)
+        if found is None:
+            found = await asyncio.gather(*(self.indexes[f"{layer}:{k}"].lookup.remote(vectors_of(vectors, layer, k))
+                                           for layer, k in keys))
+        self.batches["model_s"] += t1 - t0
+        self.batches["index_s"] += time.perf_counter() - t1
+        out: list[dict[int, Lookup]] = [{} for _ in requests]
+        for (layer, k), looked_up in zip(keys, found, strict=True):
             at = 0
             for i in wanted[(layer, k)]:
-                out[i][layer] = answered[at: at + counts[i]]
+                out[i][layer] = looked_up.take(slice(at, at + counts[i]))
                 at += counts[i]
         return out
 
-    def stats(self) -> dict[str, int]:
-        """Batches this replica ran, the requests and words in them, the most requests in one."""
+    def stats(self) -> dict[str, float]:
+        """Batches this replica ran, the requests and words in them, the most requests in one, and the
+        seconds spent in forward passes and waiting for the indexes."""
         return dict(self.batches)
 
 
@@ -147,26 +168,31 @@ class Model:
 class Api:
     """HTTP: POST /v1/concepts, GET /v1/concepts/{layer}/{k}/{id}, GET /v1/run, GET /healthz."""
 
-    def __init__(self, front: Front, model, indexes: dict[str, Any], key_sha256: str | None):
+    def __init__(self, front: Front, model, indexes: dict[str, Any], labels: dict[str, dict[int, str | None]],
+                 key_sha256: str | None):
         self.front = front
+        self.labels = labels  # "layer:k" -> concept -> label
         self.model = model
         self.indexes = indexes
         api.state.key_sha256 = key_sha256
         self.info: list[dict[str, Any]] | None = None
 
-    @api.post("/v1/concepts", response_model=schema.ConceptsResponse, responses=ERRORS, openapi_extra=REQUEST_BODY,
-              summary="The concept of every word of new text, at each asked layer")
+    # responses are documented, not validated: the body is built here to the schema, and validating it
+    # again cost the 2-core box CPU the model needs
+    @api.post("/v1/concepts", responses={200: {"model": schema.ConceptsResponse}, **ERRORS},
+              openapi_extra=REQUEST_BODY, summary="The concept of every word of new text, at each asked layer")
     async def concepts(self, request: Request):
         try:
             query, tokenized = self.front.prepare(schema.parse_body(await request.body()))
         except RequestError as exc:
             return error_response(exc)
         try:
-            per_layer = await self.model.concepts.remote((tokenized, query.layers, query.k))
+            found = await self.model.concepts.remote((tokenized, query.layers, query.k))
         except Exception as exc:  # a replica lost mid-request (Serve replaces it): the client may retry
             log_event(log, "model call failed", level=logging.WARNING, error=type(exc).__name__)
             return error_response(RequestError(503, "model", f"unavailable ({type(exc).__name__}); retry"))
-        return self.front.assemble(query, tokenized, per_layer)
+        per_layer = {layer: answers(f, layer, self.labels[f"{layer}:{query.k}"]) for layer, f in found.items()}
+        return JSONResponse(self.front.assemble(query, tokenized, per_layer))
 
     @api.get("/v1/concepts/{layer}/{k}/{id}", response_model=schema.ConceptResponse, responses=ERRORS,
              summary="A concept's label, size, top words and examples")
@@ -217,8 +243,12 @@ def application(run: str, cfg: ServeConfig):
     """The bound Serve application of ``run`` (checks the run first: one line for what it lacks)."""
     store = RunStore(run)
     front = Front.of(store, cfg)
-    for layer, k in front.tables:
-        load_index(store, layer, k, cfg)  # what a replica would fail on, said here as one line
+    # what a replica would fail on, said here as one line (no vectors are read)
+    plans = {f"{layer}:{k}": index_plan(store, layer, k, cfg) for layer, k in front.tables}
+    labels = {key: plan.labels for key, plan in plans.items()}
+    dims = int(store.read_manifest().get("model", {}).get("hidden_size", 0))
+    small = sum(plan.bytes(dims) for plan in plans.values()) <= cfg.local_index_mb * 2**20
+    local = (run, front.tables) if small else None
     replicas, options, threads = model_replicas(cfg)
     light = {"num_cpus": 0}  # the ingress and the indexes wait on the model; they must not take its cores
     indexes = {f"{layer}:{k}": Index.options(name=f"Index_layer{layer}_k{k}", ray_actor_options=light,
@@ -226,9 +256,9 @@ def application(run: str, cfg: ServeConfig):
                for layer, k in front.tables}
     model = Model.options(num_replicas=replicas, ray_actor_options=options,
                           max_ongoing_requests=cfg.max_ongoing_requests).bind(
-        front.recipe, front.layers, cfg, indexes, threads)
+        front.recipe, front.layers, cfg, indexes, threads, local)
     return Api.options(ray_actor_options=light, max_ongoing_requests=cfg.max_ongoing_requests).bind(
-        front, model, indexes, key_digest(cfg))
+        front, model, indexes, labels, key_digest(cfg))
 
 
 def build(args: dict[str, Any]):

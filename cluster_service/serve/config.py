@@ -34,6 +34,15 @@ class ServeConfig:
     run gave it (knn index; float16 storage and packing move a recomputed vector by ~1e-3 of its norm)."""
     knn_max: PositiveInt = 100_000
     """With --index auto, layers with more tokens than this use the micro-centroid index."""
+    index_threads: NonNegativeInt = 1
+    """OpenMP threads of FAISS searches in the process that holds an index (0: FAISS's default, every
+    core). After a search OpenMP threads spin-wait for a while; beside the model on the 2-core box they
+    took its cores and made each request of the in-process path 4.8x slower (0.57 s vs 0.12 s)."""
+    local_index_mb: NonNegativeInt = 256
+    """When the served indexes' vectors take at most this many MB together, each model replica loads them
+    too and searches them itself, instead of one call per (layer, K) deployment per batch (on the 2-core
+    box those calls took longer than the forward passes); 0 = always call the Index deployments, which
+    hold one (layer, K) each and scale on their own."""
     annotator: str = ""
     """Labels of this annotator (labels/layer_L_kK/<name>.parquet); empty means each table's default."""
     max_words: Annotated[int, Range(min=1, max=100_000)] = 512
@@ -66,6 +75,9 @@ class ServeConfig:
     """Name of the Serve application (`serve status` lists it under this name)."""
     route_prefix: str = "/"
     """URL prefix the API is mounted at."""
+    access_log: bool = False
+    """Serve's access log: a line per request in every replica it passes (the proxy, the ingress, the
+    model, each index). Off by default: on a 2-core box the lines cost CPU the model needs."""
     max_ongoing_requests: PositiveInt = 256
     """Requests a replica accepts at once; more wait in Serve's queue."""
 

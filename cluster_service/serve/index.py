@@ -52,6 +52,9 @@ class Lookup:
     confidence: np.ndarray  # float32 [n], the winner's vote share (1 for micro and stored tokens)
     via: np.ndarray  # str [n]: "stored" (a stored token's own concept), "knn" (the vote), "micro" or "centroid"
 
+    def take(self, rows) -> Lookup:
+        return Lookup(self.concept[rows], self.distance[rows], self.confidence[rows], self.via[rows])
+
 
 def choose_kind(cfg: ServeConfig, tokens: int, freed: bool) -> str:
     if cfg.index != "auto":
@@ -131,8 +134,31 @@ class ConceptIndex:
                 "neighbors": self.neighbors, "concepts": len(self.concepts), "match_tolerance": self.match_tolerance}
 
 
-def load_index(store: RunStore, layer: int, k: int, cfg: ServeConfig) -> ConceptIndex:
-    """The index of ``layer``/``k`` as ``cfg`` asks for it, or one line saying what the run lacks."""
+@dataclass
+class IndexPlan:
+    """What an index of one (layer, K) will be, decided without reading any vectors: the checks a
+    deployment makes before a replica starts, and the labels the ingress needs."""
+
+    layer: int
+    k: int
+    kind: str
+    assignments: np.ndarray
+    concepts: list[dict[str, Any]]
+    centroids: np.ndarray
+    freed: str | None
+
+    def bytes(self, dims: int) -> int:
+        """Upper bound of the index's float32 vectors (micro: at most one leaf per token)."""
+        rows = len(self.centroids) if self.kind == "centroid" else len(self.assignments)
+        return rows * dims * 4
+
+    @property
+    def labels(self) -> dict[int, str | None]:
+        return {int(c["concept"]): c["label"] for c in self.concepts}
+
+
+def index_plan(store: RunStore, layer: int, k: int, cfg: ServeConfig) -> IndexPlan:
+    """The plan of ``layer``/``k`` as ``cfg`` asks for it, or one line saying what the run lacks."""
     ldir = LayerDir(store, layer)
     name = f"assignments_k{k}.npy"
     if not ldir.store.has(ldir.key(name)):
@@ -144,28 +170,44 @@ def load_index(store: RunStore, layer: int, k: int, cfg: ServeConfig) -> Concept
     table = concepts_with_labels(store, layer, k, cfg.annotator or None)
     keep = ["concept", "label", "label_status", "size", "top_types", "examples", "parent", "children"]
     concepts = table.select([c for c in keep if c in table.column_names]).to_pylist()
-    if kind == "centroid":
-        centroids = np.asarray(table.column("centroid").to_pylist(), dtype=np.float32)
-        index = ConceptIndex(layer, k, "centroid", centroids, np.asarray(table.column("concept")), concepts)
-    elif kind == "knn":
+    centroids = np.asarray(table.column("centroid").to_pylist(), dtype=np.float32)
+    if kind == "knn":
         if freed:
             raise UserError(f"{freed}; or serve the micro-centroid or centroid index (--index micro|centroid)")
-        vectors = store.layer_array(layer)[:]
-        if len(vectors) != len(assignments):
+        rows = store.layer_array(layer).shape[0]
+        if rows != len(assignments):
             raise UserError(f"{store.where(ldir.key(name))}: {len(assignments)} rows but layer {layer} stores "
-                            f"{len(vectors)} vectors; recluster the run")
-        index = ConceptIndex(layer, k, "knn", vectors, assignments, concepts, cfg.neighbors, cfg.match_tolerance)
+                            f"{rows} vectors; recluster the run")
+    elif kind == "micro" and freed and not ldir.store.has(ldir.key("micro_centroids.npy")):
+        raise UserError(f"{freed}; the clustering of layer {layer} kept no micro-centroids (every token was a "
+                        "leaf), so the micro index needs them; or serve the concept centroids (--index centroid)")
+    return IndexPlan(layer, k, kind, assignments, concepts, centroids, freed)
+
+
+def load_index(store: RunStore, layer: int, k: int, cfg: ServeConfig) -> ConceptIndex:
+    """The index of ``layer``/``k`` as ``cfg`` asks for it (``index_plan``'s checks first)."""
+    plan = index_plan(store, layer, k, cfg)
+    if cfg.index_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(cfg.index_threads)  # process-wide: see ServeConfig.index_threads
+    if plan.kind == "centroid":
+        index = ConceptIndex(layer, k, "centroid", plan.centroids, np.asarray([c["concept"] for c in plan.concepts]),
+                             plan.concepts)
+    elif plan.kind == "knn":
+        index = ConceptIndex(layer, k, "knn", store.layer_array(layer)[:], plan.assignments, plan.concepts,
+                             cfg.neighbors, cfg.match_tolerance)
     else:
-        vectors, row_concept = micro_vectors(store, ldir, layer, assignments, freed)
-        index = ConceptIndex(layer, k, "micro", vectors, row_concept, concepts)
+        vectors, row_concept = micro_vectors(store, layer, plan.assignments)
+        index = ConceptIndex(layer, k, "micro", vectors, row_concept, plan.concepts)
     log_event(log, "concept index loaded", **index.info())
     return index
 
 
-def micro_vectors(store: RunStore, ldir: LayerDir, layer: int, assignments: np.ndarray,
-                  freed: str | None) -> tuple[np.ndarray, np.ndarray]:
+def micro_vectors(store: RunStore, layer: int, assignments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The tree's leaves as vectors and the concept of each: micro-centroids when the tree has them, the
     token vectors themselves when every token was a leaf (M = N)."""
+    ldir = LayerDir(store, layer)
     if ldir.store.has(ldir.key("micro_centroids.npy")):
         centroids = ldir.load("micro_centroids.npy")
         token_micro = ldir.load("token_micro.npy")
@@ -173,7 +215,4 @@ def micro_vectors(store: RunStore, ldir: LayerDir, layer: int, assignments: np.n
         micro_concept[token_micro] = assignments
         used = micro_concept >= 0  # a leaf no token fell into has no concept
         return centroids[used], micro_concept[used]
-    if freed:
-        raise UserError(f"{freed}; the clustering of layer {layer} kept no micro-centroids (every token was a "
-                        "leaf), so the micro index needs them; or serve the concept centroids (--index centroid)")
     return store.layer_array(layer)[:], assignments

@@ -36,9 +36,10 @@ def start(run: str, cfg: ServeConfig, timeout_s: float = 600.0) -> str:
         init_ray(cfg.address)
         _started_ray = not cfg.address
     app = application(run, cfg)  # checks the run before any replica starts
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    logging = {"enable_access_log": cfg.access_log}
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=logging)
     t0 = time.perf_counter()
-    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False, logging_config=logging)
     url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
     wait_healthy(url, timeout_s, headers=auth_header(cfg))
     log_event(log, "concept service ready", url=url, app=cfg.app_name, seconds=round(time.perf_counter() - t0, 1))

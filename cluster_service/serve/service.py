@@ -13,14 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ..annotate.stage import concept_tables
 from ..errors import UserError
 from ..store import RunStore
 from .config import ServeConfig
 from .encoder import Recipe, TextEncoder
-from .index import ConceptIndex, load_index
+from .index import Lookup, load_index
 from .schema import Limits, Query, RequestError, check_query, check_words
 
 
@@ -93,10 +91,9 @@ class Front:
                 "indexes": indexes, "limits": vars(self.limits)}
 
 
-def answers(index: ConceptIndex, vectors: np.ndarray) -> list[dict[str, Any]]:
-    """One concept answer per vector row, as the response lists it."""
-    found = index.lookup(vectors)
-    return [{"layer": index.layer, "concept": int(c), "label": index.label(int(c)), "distance": round(float(d), 4),
+def answers(found: Lookup, layer: int, labels: dict[int, str | None]) -> list[dict[str, Any]]:
+    """One concept answer per looked-up vector, as the response lists it."""
+    return [{"layer": layer, "concept": int(c), "label": labels[int(c)], "distance": round(float(d), 4),
              "confidence": round(float(p), 4), "via": str(v)}
             for c, d, p, v in zip(found.concept, found.distance, found.confidence, found.via, strict=True)]
 
@@ -114,12 +111,14 @@ class LocalService:
     def __init__(self, store: RunStore, cfg: ServeConfig):
         self.front = Front.of(store, cfg)
         self.indexes = {(layer, k): load_index(store, layer, k, cfg) for layer, k in self.front.tables}
+        self.labels = {key: {c: index.label(c) for c in index.concepts} for key, index in self.indexes.items()}
         self.encoder = TextEncoder(self.front.recipe, self.front.layers, cfg.device, cfg.cpus_per_replica)
 
     def answer(self, body: Any) -> dict[str, Any]:
         query, tokenized = self.front.prepare(body)
         vectors = self.encoder.encode(tokenized)
-        per_layer = {layer: answers(self.indexes[(layer, query.k)], vectors[self.front.layers.index(layer)])
+        per_layer = {layer: answers(self.indexes[(layer, query.k)].lookup(vectors[self.front.layers.index(layer)]),
+                                    layer, self.labels[(layer, query.k)])
                      for layer in query.layers}
         return self.front.assemble(query, tokenized, per_layer)
 
