@@ -14,7 +14,9 @@ import sys
 
 from cluster_service.serve.app import build as app  # noqa: F401  (the builder ray_jobs.serve:app names)
 
+VERB = "serve"
+
 if __name__ == "__main__":
     from _job import run_job
 
-    sys.exit(run_job("serve"))
+    sys.exit(run_job(VERB))
