@@ -22,7 +22,9 @@ Rows (``benchmarks/results/serve.json``):
   (the same share over A's own tokens). Vectors of the held-out tokens are B's stored ones (the tests
   check that the service computes the same to float16 tolerance).
 
-The same torch thread count (--threads) runs every mode.
+The same torch thread count (--threads) runs every mode; each --indexes kind gets its own naive,
+forward_only and serve rows (the index is part of every request's cost: a flat knn search over N
+stored tokens costs about N x D multiply-adds per word and layer, against ~22M for MiniLM's forward).
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ def main() -> None:
     p.add_argument("--sentences", type=int, default=800, help="demo sentences of run B (A has 90%%)")
     p.add_argument("--k", type=int, default=50)
     p.add_argument("--clients", default="1,8,64")
+    p.add_argument("--indexes", default="knn,centroid", help="index kinds to serve, one set of rows each")
     p.add_argument("--requests", type=int, default=0, help="requests per load level (0: 20 per client, >= 60)")
     p.add_argument("--max-s", type=float, default=120.0, help="longest a load level runs")
     p.add_argument("--naive-requests", type=int, default=60)
@@ -199,65 +202,70 @@ def main() -> None:
           f"B {b.read_manifest()['tokens']}; {len(texts)} request texts")
     rows = agreement_rows(a, b, args.k)
     print_table(rows, list(rows[0]))
-
-    from cluster_service.serve.config import ServeConfig
-    from cluster_service.serve.service import LocalService
-
-    cfg = ServeConfig(k=[args.k], cpus_per_replica=args.threads, port=args.port, batch_size=64,
-                      max_ongoing_requests=512)
-    base = {"model": "all-MiniLM-L6-v2", "layers": 7, "k": args.k, "threads": args.threads,
-            "index": "knn", "run_tokens": a.read_manifest()["tokens"]}
-    local = LocalService(a, cfg)
-    speed = [row_of("naive_baseline", 1, naive(local, texts, args.k, args.naive_requests), args.note, **base)]
-    fwd = forward_only(local, texts, 64)
-    speed.append(row_of("forward_only", None, {**fwd, "requests": 64}, args.note, batches=fwd["batches"], **base))
-    print_table(speed, ["mode", "clients", "requests", "words_per_s", "p50_s", "p99_s"])
-    del local
+    merge_rows("serve", rows, ("mode", "clients", "layer", "k", "threads", "index"))
 
     import ray
     from ray import serve
 
+    from cluster_service.serve.config import ServeConfig
     from cluster_service.serve.run import start, stop
+    from cluster_service.serve.service import LocalService
 
+    speed: list[dict] = []
     ray.init(num_cpus=args.threads, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
     try:
-        t0 = time.perf_counter()
-        url = start(a.where(), cfg, timeout_s=600)
-        startup = time.perf_counter() - t0
-        print(f"serve up in {startup:.0f} s at {url}")
-        for clients in map(int, args.clients.split(",")):
-            n = args.requests or max(60, 20 * clients)
-            asyncio.run(load(url, texts, args.k, clients, min(clients, 8), args.max_s, {}))  # warm-up
-            model = serve.get_deployment_handle("Model", app_name=cfg.app_name)
-            before = model.stats.remote().result()
-            m = asyncio.run(load(url, texts, args.k, clients, n, args.max_s, {}))
-            after = model.stats.remote().result()
-            spent = {key: round(after[key] - before[key], 3) for key in ("batches", "requests", "model_s", "index_s")}
-            speed.append(row_of("serve", clients, m, args.note, startup_s=round(startup, 1), model_replica=spent,
-                                **base))
-            print_table(speed[-1:], ["mode", "clients", "requests", "words_per_s", "p50_s", "p99_s", "errors",
-                                     "model_replica"])
+        for index in args.indexes.split(","):
+            cfg = ServeConfig(k=[args.k], cpus_per_replica=args.threads, port=args.port, batch_size=64,
+                              max_ongoing_requests=512, index=index)
+            base = {"model": "all-MiniLM-L6-v2", "layers": 7, "k": args.k, "threads": args.threads,
+                    "index": index, "run_tokens": a.read_manifest()["tokens"]}
+            local = LocalService(a, cfg)
+            mine = [row_of("naive_baseline", 1, naive(local, texts, args.k, args.naive_requests), args.note, **base)]
+            fwd = forward_only(local, texts, 64)
+            mine.append(row_of("forward_only", None, {**fwd, "requests": 64}, args.note, batches=fwd["batches"],
+                               **base))
+            print_table(mine, ["mode", "index", "clients", "requests", "words_per_s", "p50_s", "p99_s"])
+            del local
+            t0 = time.perf_counter()
+            url = start(a.where(), cfg, timeout_s=600)
+            startup = time.perf_counter() - t0
+            print(f"serve up in {startup:.0f} s at {url}")
+            try:
+                for clients in map(int, args.clients.split(",")):
+                    n = args.requests or max(60, 20 * clients)
+                    asyncio.run(load(url, texts, args.k, clients, min(clients, 8), args.max_s, {}))  # warm-up
+                    model = serve.get_deployment_handle("Model", app_name=cfg.app_name)
+                    before = model.stats.remote().result()
+                    m = asyncio.run(load(url, texts, args.k, clients, n, args.max_s, {}))
+                    after = model.stats.remote().result()
+                    spent = {key: round(after[key] - before[key], 3)
+                             for key in ("batches", "requests", "model_s", "index_s")}
+                    mine.append(row_of("serve", clients, m, args.note, startup_s=round(startup, 1),
+                                       model_replica=spent, **base))
+                    print_table(mine[-1:], ["mode", "index", "clients", "requests", "words_per_s", "p50_s", "p99_s",
+                                            "errors", "model_replica"])
+            finally:
+                stop(cfg.app_name, shutdown_serve=True)
+            naive_wps, fwd_wps = mine[0]["words_per_s"], mine[1]["words_per_s"]
+            for r in mine:
+                r["ratio_vs_naive"] = round(r["words_per_s"] / naive_wps, 2)
+                r["share_of_forward_only"] = round(r["words_per_s"] / fwd_wps, 3)
+                if r["mode"] == "serve" and r["clients"] == 64:
+                    r["goals"] = {"ratio_vs_naive_ge_2.5": r["ratio_vs_naive"] >= 2.5,
+                                  "share_of_forward_only_ge_0.7": r["share_of_forward_only"] >= 0.7,
+                                  "p99_lt_2s": r["p99_s"] < 2.0}
+            speed += mine
+            merge_rows("serve", mine, ("mode", "clients", "layer", "k", "threads", "index"))
     finally:
-        stop()
         ray.shutdown()
-    naive_wps = speed[0]["words_per_s"]
-    fwd_wps = speed[1]["words_per_s"]
-    for r in speed:
-        r["ratio_vs_naive"] = round(r["words_per_s"] / naive_wps, 2)
-        r["share_of_forward_only"] = round(r["words_per_s"] / fwd_wps, 3)
-    for r in speed:
-        if r["mode"] == "serve" and r["clients"] == 64:
-            r["goals"] = {"ratio_vs_naive_ge_2.5": r["ratio_vs_naive"] >= 2.5,
-                          "share_of_forward_only_ge_0.7": r["share_of_forward_only"] >= 0.7,
-                          "p99_lt_2s": r["p99_s"] < 2.0}
     print()
-    print_table(speed, ["mode", "clients", "requests", "seconds", "words_per_s", "requests_per_s", "p50_s", "p99_s",
-                        "errors", "ratio_vs_naive", "share_of_forward_only"])
+    print_table(speed, ["mode", "index", "clients", "requests", "seconds", "words_per_s", "requests_per_s", "p50_s",
+                        "p99_s", "errors", "ratio_vs_naive", "share_of_forward_only"])
     print()
     print_table(rows, ["layer", "k", "held_out_agreement_knn", "held_out_agreement_centroid", "stability_exact_ward",
                        "majority_share", "held_out_tokens"])
-    path = merge_rows("serve", speed + rows, ("mode", "clients", "layer", "k", "threads"))
+    path = merge_rows("serve", rows, ("mode", "clients", "layer", "k", "threads", "index"))
     print(f"rows: {path}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -80,7 +80,7 @@ def service(runs, ray_local):
         url = start(runs[0].where(), cfg, timeout_s=300)
         yield url, key, cfg
     finally:
-        stop()
+        stop(cfg.app_name, shutdown_serve=True)
         os.environ.pop(KEY_ENV, None)
 
 
@@ -370,6 +370,44 @@ def test_serve_config_yaml_names_the_builder_with_valid_args(runs):
         assert importlib.import_module("ray_jobs.serve").app is build
     finally:
         sys.path.remove(sys_path)
+
+def test_serve_verb_serves_until_interrupted(runs):
+    """`cluster-service serve` in its own process (its own local Ray): answers on the port it was given
+    (127.0.0.1 by default), and Ctrl-C stops it cleanly, port freed."""
+    import signal
+    import subprocess
+    import sys
+
+    from cluster_service.serve.run import wait_healthy
+
+    a, _, lines = runs
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "cluster_service.cli", "serve", a.where(), "--port", str(port),
+                             "--k", "8", "--layers", "3", "--cpus-per-replica", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, 300)
+        status, body = call(url, "/v1/concepts", {"text": lines[1]})
+        assert status == 200 and body["k"] == 8 and body["layers"] == [3]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out[-2000:]
+        assert f"serving {a.where()} at {url}" in out
+        deadline = time.monotonic() + 60  # Ray's processes exit just after the driver
+        while True:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))  # the proxy let the port go
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"port {port} still bound"
+            time.sleep(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 def test_killed_model_replica_is_replaced_and_requests_after_succeed(runs, service, ray_local):
     """Last: kills the model replica while requests are in flight."""

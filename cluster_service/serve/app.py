@@ -60,6 +60,13 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return error_response(RequestError(422, field, first.get("msg", "invalid")))
 
 
+@api.exception_handler(Exception)
+async def _internal(request: Request, exc: Exception) -> JSONResponse:
+    """A fault of ours, not the client's: still one line of JSON (the traceback goes to the replica's log)."""
+    log.exception("request failed: %s %s", request.method, request.url.path)
+    return error_response(RequestError(500, "server", f"internal error ({type(exc).__name__})"))
+
+
 @api.middleware("http")
 async def _authorize(request: Request, call_next):
     """With an API key, every route (the schema included) needs ``Authorization: Bearer <key>``. The

@@ -3,7 +3,7 @@
 
 The HTTP proxy binds ``cfg.host`` (127.0.0.1 unless asked otherwise) on ``cfg.port``. Ray is joined at
 ``cfg.address`` or started locally on loopback; a Ray this module started is shut down again by
-``stop``, one it joined is left running (only the application is deleted).
+``stop`` (with Serve), on one it joined only the application is deleted.
 """
 
 from __future__ import annotations
@@ -68,30 +68,47 @@ def wait_healthy(url: str, timeout_s: float, headers: dict[str, str] | None = No
     raise UserError(f"{url}/healthz: the service did not come up in {timeout_s:.0f} s ({last})")
 
 
-def stop() -> None:
-    """Delete the application, shut Serve down, and Ray too when ``start`` started it."""
+def stop(app_name: str, shutdown_serve: bool = False) -> None:
+    """Delete the application; shut Serve down too when asked or when ``start`` started Ray (then Ray as
+    well). On a cluster that was joined, other Serve applications keep running."""
     global _started_ray
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        try:
+    if not ray.is_initialized():
+        return
+    try:
+        if shutdown_serve or _started_ray:
             serve.shutdown()
-        finally:
-            if _started_ray:
-                ray.shutdown()
-                _started_ray = False
+        else:
+            serve.delete(app_name)
+    finally:
+        if _started_ray:
+            ray.shutdown()
+            _started_ray = False
 
 
 def serve_run(run: str, cfg: ServeConfig) -> dict[str, Any]:
-    """Serve ``run`` until interrupted (Ctrl-C); returns what was served."""
-    url = start(run, cfg)
+    """Serve ``run`` until Ctrl-C or SIGTERM; returns what was served. The signals only set a flag, so
+    shutting down never starts inside a Ray call the signal interrupted."""
+    import signal
+    import threading
+
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        url = start(run, cfg)
+    except BaseException:
+        signal.signal(signal.SIGINT, previous[signal.SIGINT])
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+        stop(cfg.app_name)
+        raise
     print(f"serving {run} at {url} (POST {url}/v1/concepts, schema at {url}/docs); Ctrl-C stops", flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        stopping.wait()
         log_event(log, "concept service stopping", url=url)
     finally:
-        stop()
+        stop(cfg.app_name)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return {"run": run, "url": url}
