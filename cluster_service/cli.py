@@ -12,7 +12,7 @@ from .errors import StageFailed, UserError
 #: Verb modules under cluster_service.commands, in the order --help lists them (``import_`` holds the
 #: verb ``import``, a Python keyword).
 VERBS = ("ingest", "extract", "cluster", "annotate", "analyze", "report", "export", "import_", "run", "info",
-         "submit", "status", "logs")
+         "serve", "concepts", "submit", "status", "logs")
 
 
 def build_parser() -> argparse.ArgumentParser:

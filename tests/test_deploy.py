@@ -2,7 +2,7 @@
 
 The entrypoints are parsed with the job scripts' own parsers and their configs are built, the launcher
 config passes Ray's own schema, the KubeRay RayJob runs the same cluster as the RayCluster, and the
-Dockerfile installs exactly pyproject's dependencies plus its s3 extra (its derivation command is run for
+Dockerfile installs exactly pyproject's dependencies plus its s3 and serve extras (its derivation command is run for
 real here).
 """
 
@@ -133,14 +133,18 @@ def test_launcher_config_passes_rays_schema_and_has_gpu_workers():
 
 
 def test_readme_commands_name_real_scripts_and_flags():
-    matches = list(re.finditer(r"python (ray_jobs/\w+\.py) (.+)", (DEPLOY / "README.md").read_text()))
+    matches = list(re.finditer(r"python (ray_jobs/\w+\.py) ([^`\n]+)", (DEPLOY / "README.md").read_text()))
     assert matches
     for match in matches:
         assert (REPO / match.group(1)).is_file()
+        verb = re.search(r'^VERB = "(\w+)"', (REPO / match.group(1)).read_text(), re.M).group(1)
         argv = shlex.split(match.group(2).replace("ray_jobs/", str(REPO / "ray_jobs") + "/"))
-        args = load_job_module().parse("run", argv)
-        check_entrypoint(f"python {app_dir()}/{match.group(1)} " + shlex.join(argv), {"/mnt/shared"})
-        assert args.config.endswith("job.toml")
+        args = load_job_module().parse(verb, argv)
+        if verb == "run":
+            check_entrypoint(f"python {app_dir()}/{match.group(1)} " + shlex.join(argv), {"/mnt/shared"})
+            assert args.config.endswith("job.toml")
+        else:  # serve: its flags parsed above; its run on the shared volume
+            assert shared_run_path(args.run, absolute=True).startswith("/mnt/shared/")
 
 
 def test_dockerfile_installs_exactly_pyprojects_dependencies():
@@ -151,7 +155,8 @@ def test_dockerfile_installs_exactly_pyprojects_dependencies():
     out = subprocess.run([sys.executable, "-c", shlex.split(command.group(1))[0]], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.split("\n")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert [line for line in out if line] == project["dependencies"] + project["optional-dependencies"]["s3"]
+    extras = project["optional-dependencies"]
+    assert [line for line in out if line] == project["dependencies"] + extras["s3"] + extras["serve"]
     installs = [shlex.split(part.strip()) for r in runs for part in r.split("&&") if "pip install" in part]
     allowed = (["pip", "install", "--upgrade", "pip"], ["pip", "install", "-r", command.group(2)],
                ["pip", "install", "--no-deps", "."])

@@ -148,3 +148,26 @@ def clustered_run(root: str, corpus: str, layers: tuple[int, ...] = (0, 2), ks: 
     if label:
         annotate_run(store, AnnotateConfig(progress=False))
     return store
+
+
+def extracted_run(root: str, corpus: str, layers: tuple[int, ...] = (0, 3), ks: tuple[int, ...] = (8, 16),
+                  method: str = "exact", tokenizer: str = "moses", label: bool = True) -> RunStore:
+    """A small real run with the packaged MiniLM: real ingest, extraction in this process (the local
+    engine), the real cluster stage and, when ``label``, baseline labels. For the concept service's tests,
+    which send the run's own sentences back through the model and need every file a served run has."""
+    from ..annotate.config import AnnotateConfig
+    from ..annotate.stage import annotate_run
+    from ..cluster.config import ClusterConfig
+    from ..cluster.stage import cluster_run
+    from ..corpus.config import CorpusConfig
+    from ..corpus.stage import ingest_run
+    from ..extract.config import ExtractConfig
+    from ..extract.stage import extract_run
+
+    store = RunStore(root)
+    ingest_run(store, CorpusConfig(path=corpus, tokenizer=tokenizer))
+    extract_run(store, ExtractConfig(layers=list(layers), engine="local", shard_rows=2048))
+    cluster_run(store, ClusterConfig(k=list(ks), method=method, seed=0))
+    if label:
+        annotate_run(store, AnnotateConfig(progress=False))
+    return store
