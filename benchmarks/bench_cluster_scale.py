@@ -229,7 +229,9 @@ def timing(args: argparse.Namespace) -> None:
                    "peak_rss_gib": round(peak, 3), "data": "synthetic", "parallel": args.address or "one process",
                    "step_seconds": step_seconds(run.stderr)}
             if method == "approx":
-                row["m_rule"] = ApproxParams().leaves(n, args.k, 5_000_000 if args.device == "cuda" else 1_000_000)
+                gpu = args.device == "cuda"
+                row["m_rule"] = ApproxParams().leaves(n, args.k, 5_000_000 if gpu else 1_000_000,
+                                                      131_072 if gpu else 8192)
                 if args.micro:
                     row["m_forced"] = True  # --micro overrode the rule
                 row["leaves"] = LEAVES[summary["micro"] == n]

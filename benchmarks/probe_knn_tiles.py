@@ -1,37 +1,63 @@
-import time, torch, sys
-sys.path.insert(0, ".")
-from cluster_service.cluster import torch_ops as T
-dev = torch.device("cuda")
-n, d = 1_000_000, 384
-x = torch.randn(n, d, device=dev)
-def timed(name, f):
-    torch.cuda.synchronize(); t = time.perf_counter(); f(); torch.cuda.synchronize()
-    print(f"{name}: {time.perf_counter() - t:.2f} s", flush=True)
-R, C = 8192, 65536
-xb = x[:R]; xh = x.half(); xbh = xh[:R]
-norms = (x * x).sum(1)
-tiles = (n // C)
-def mm32():
-    for c in range(0, n, C): d_ = xb @ x[c:c+C].T
-def mm16():
-    for c in range(0, n, C): d_ = (xbh @ xh[c:c+C].T)
-def mm16f():
-    for c in range(0, n, C):
-        d_ = (xbh @ xh[c:c+C].T).float(); d_.mul_(-2.0).add_(norms[None, c:c+C])
-def full_tk():
-    for c in range(0, n, C):
-        d_ = (xbh @ xh[c:c+C].T).float(); d_.mul_(-2.0).add_(norms[None, c:c+C]); torch.topk(d_, 33, dim=1, largest=False, sorted=False)
-def grp_tk():
-    for c in range(0, n, C):
-        d_ = (xbh @ xh[c:c+C].T).float(); d_.mul_(-2.0).add_(norms[None, c:c+C]); T._tile_topk(d_, 33)
-for name, f in [("mm32 one row block", mm32), ("mm16", mm16), ("mm16+float+axpy", mm16f), ("+topk", full_tk), ("+group topk", grp_tk)]:
-    f(); timed(name, f)
-print("row blocks per 1M:", n // R)
-timed("knn_torch 200K", lambda: T.knn_torch(x[:200_000].cpu().numpy(), 16, dev))
-x2 = x[:200_000].cpu().numpy()
+"""Where the time of one row block of the GPU's tiled kNN goes (issue 18): matmul in fp32 / fp16,
+the fp32 conversion, plain top-k vs the group-minimum selection; then the whole search at 200K
+(recall against float64 brute force) and 2M × 768 (time of one graph's search).
 
+    PYTHONPATH=$PWD python3 benchmarks/probe_knn_tiles.py     # on a GPU machine
+
+Measured on 1x H200 (2026-12-02), per 8192-row block over 1M × 384 columns: fp32 matmul 0.13 s,
+fp16 0.01 s, + fp32 conversion and axpy 0.07 s, + top-k 0.16 s, + group top-k 0.14 s; the fp16
+search over 2M × 768 took 55 s (so ~6 min for 5M: the selection, not the matmul, bounds it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from cluster_service.cluster import torch_ops
 from cluster_service.cluster.knn import recall
-got = T.knn_torch(x2, 16, dev)
-print("recall@16 fp16 tiles on 200K gaussian:", recall(x2, got, 16, 500), flush=True)
-xs = torch.randn(2_000_000, 768, device=dev).cpu().numpy()
-timed("knn_torch 2M x 768 (first graph)", lambda: T.knn_torch(xs, 16, dev))
+
+DEV = torch.device("cuda")
+N, D, ROWS, COLS = 1_000_000, 384, 8192, 65536
+
+
+def timed(name: str, f) -> None:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    f()
+    torch.cuda.synchronize()
+    print(f"{name}: {time.perf_counter() - t:.2f} s", flush=True)
+
+
+def main() -> None:
+    x = torch.randn(N, D, device=DEV)
+    xh = x.half()
+    norms = (x * x).sum(1)
+
+    def block(kind: str) -> None:
+        for c in range(0, N, COLS):
+            if kind == "mm32":
+                x[:ROWS] @ x[c:c + COLS].T
+                continue
+            d = xh[:ROWS] @ xh[c:c + COLS].T
+            if kind == "mm16":
+                continue
+            d = d.float().mul_(-2.0).add_(norms[None, c:c + COLS])
+            if kind == "topk":
+                torch.topk(d, 33, dim=1, largest=False, sorted=False)
+            elif kind == "group":
+                torch_ops._tile_topk(d, 33)
+
+    for kind in ("mm32", "mm16", "convert", "topk", "group"):
+        block(kind)
+        timed(f"one row block: {kind}", lambda kind=kind: block(kind))
+    small = x[:200_000].cpu().numpy()
+    got = torch_ops.knn_torch(small, 16, DEV)
+    print("recall@16 of the tiled search on 200K Gaussian points:", recall(small, got, 16, 500), flush=True)
+    big = torch.randn(2_000_000, 768, device=DEV).cpu().numpy()
+    timed("tiled search, 2M x 768", lambda: torch_ops.knn_torch(big, 16, DEV))
+
+
+if __name__ == "__main__":
+    main()

@@ -60,6 +60,7 @@ def test_default_leaves_rule():
     assert ApproxParams().leaves(1_000_001, 600) == 8192  # k-means micro-clusters, capped by cost
     assert ApproxParams().leaves(2_000_000, 1000, graph_max=1_000_000) == 10_000  # never closer than 10·K
     assert ApproxParams().leaves(4_000_000, 600, graph_max=5_000_000) == 4_000_000  # a GPU's graph_max
+    assert ApproxParams().leaves(6_000_000, 600, 5_000_000, micro_cap=131_072) == 131_072  # and its leaves
     assert ApproxParams(graph_max=1000).leaves(300_000, 50) == 8192
 
 

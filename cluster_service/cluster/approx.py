@@ -65,7 +65,7 @@ def leaf_count(n: int, ks: list[int], params: ApproxParams, exact: bool, backend
     """M, the number of leaves: N for exact Ward, else ``params.leaves`` (checked against K and N)."""
     if exact:
         return n
-    m = params.leaves(n, max(ks), backend.graph_max)
+    m = params.leaves(n, max(ks), backend.graph_max, backend.micro_cap)
     if not max(ks) <= m <= n:
         raise UserError(f"--micro {m}: must lie between the largest K ({max(ks)}) and the number of "
                         f"tokens ({n})")

@@ -46,6 +46,8 @@ class ClusterBackend(Protocol):
     device: torch.device
     #: Every token a leaf up to this many tokens when the config leaves ``graph_max`` at 0.
     graph_max: int
+    #: Above that, at most this many k-means leaves by default (assignment costs N·M·D).
+    micro_cap: int
 
     def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
         """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first);
@@ -58,6 +60,7 @@ class FaissBackend:
 
     name = "faiss"
     graph_max = 1_000_000
+    micro_cap = 8192
 
     def __init__(self, use_ray: bool = False, workers: int = 0):
         import torch
@@ -89,6 +92,7 @@ class TorchBackend:
         self.name = f"torch-{device.type}"
         # 5M × 768 every token a leaf: the tiled brute-force kNN and the rounds take minutes on one GPU
         self.graph_max = 5_000_000 if device.type == "cuda" else FaissBackend.graph_max
+        self.micro_cap = 131_072 if device.type == "cuda" else FaissBackend.micro_cap
 
     def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
         from .torch_ops import train_kmeans_torch

@@ -25,7 +25,8 @@ class ClusterConfig:
     'exact': Ward on every token (fastcluster; up to ~50K tokens)."""
     micro: NonNegativeInt = APPROX.micro
     """Leaves of the tree: M k-means micro-clusters; 0 picks M = N (every token a leaf) up to
-    --graph-max tokens, else min(N, max(10·K_max, 8192)); M = N means no k-means."""
+    --graph-max tokens, else min(N, max(10·K_max, 8192 on the CPU or 131072 on a GPU)); M = N
+    means no k-means."""
     graph_max: NonNegativeInt = APPROX.graph_max
     """The default M rule makes every token a leaf up to this many tokens; 0 = 1,000,000 on the CPU
     (cell-probed kNN search), 5,000,000 with --device cuda (tiled brute-force kNN on the GPU)."""
