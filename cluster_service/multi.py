@@ -13,8 +13,11 @@ went; a rerun with the same budget skips a freed run, and a rerun with ``--keep-
 re-extracts the freed layers and carries on. At 5 models x 13 layers of a 5M-token corpus (~500 GB
 at float16) this is what keeps a job on one node's disk.
 
-The models run one after another on the cluster the job was given; each model's extraction and
-clustering spread over that cluster's GPUs/CPUs as a single-model run's do.
+``--parallel-models N`` runs N models' pipelines at once (threads of the driver, each on its own
+sibling run, so no two write one store): on a Ray cluster their extraction actors and clustering
+tasks are then scheduled side by side, each model asking for its share of the GPUs (or CPUs). With
+the default 1 the models run one after another, each spreading over the whole cluster. A model that
+fails does not stop the others; the job then exits non-zero naming it, and a rerun resumes it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from .errors import UserError
@@ -79,34 +85,93 @@ def run_one(store: RunStore, cfg) -> dict[str, Any]:
 
 
 def run_models(run: str, cfg) -> dict[str, Any]:
-    """Ingest once into ``run``, then the pipeline per model into its sibling run."""
+    """Ingest once into ``run``, then the pipeline per model into its sibling run (``parallel_models``
+    at a time)."""
     from .corpus.stage import ingest_run
     from .extract import STAGE as EXTRACT
-    from .pipeline import PipelineConfig
 
-    models = list(cfg.configs["extract"].models)
-    per_model = {m: dataclasses.replace(cfg.configs["extract"], model=m, models=[]) for m in models}
+    extract = cfg.configs["extract"]
+    models = list(extract.models)
+    at_once = min(len(models), extract.parallel_models or len(models))
+    per_model = {m: dataclasses.replace(extract, model=m, models=[]) for m in models}
     if "extract" in cfg.stages:
         for m in models:  # every model exists and has the layers asked for, before any work starts
             EXTRACT.preflight(per_model[m])
+    if at_once > 1:
+        per_model = {m: share_cluster(c, at_once) for m, c in per_model.items()}
     parent = RunStore(run)
     ingest_run(parent, cfg.configs["ingest"])
-    record_models(parent, models, cfg.configs["extract"].keep_activations)
+    record_models(parent, models, extract.keep_activations)
+    lock = threading.Lock()  # the parent's run.json is shared by the model threads
     summaries: dict[str, Any] = {"run": parent.where(), "models": {}}
-    for m in models:
-        child = RunStore(parent.where(run_name(m)))
-        share_ingestion(parent, child)
-        configs = {**cfg.configs, "extract": per_model[m]}
-        set_model_status(parent, m, "running")
-        log_event(log, "model run", model=m, run=child.where())
-        summaries["models"][m] = run_one(child, PipelineConfig(configs, cfg.stages))
-        set_model_status(parent, m, "done")
+    failed: dict[str, BaseException] = {}
+
+    def one(m: str) -> None:
+        try:
+            summaries["models"][m] = run_model(parent, m, per_model[m], cfg, lock)
+        except BaseException as exc:  # noqa: BLE001 - recorded, re-raised once every model has ended
+            failed[m] = exc
+            with lock:
+                set_model_status(parent, m, "failed")
+            if at_once == 1:
+                raise
+
+    if at_once == 1:
+        for m in models:
+            one(m)
+    else:
+        log_event(log, "models side by side", models=len(models), at_once=at_once)
+        with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="model") as pool:
+            list(pool.map(one, models))
+        if failed:
+            first = next(iter(failed.values()))
+            if len(failed) == 1 and isinstance(first, UserError):
+                raise UserError(f"model {next(iter(failed))}: {first}") from first
+            raise UserError(f"{len(failed)} of {len(models)} models failed ({', '.join(failed)}): {first}; "
+                            f"the others are done, a rerun resumes the failed ones") from first
     if "report" in cfg.stages:
         from .report.stage import models_index
 
         summaries["report"] = {"index": models_index(parent, {m: run_name(m) for m in models})}
     log_event(log, "models done", run=parent.where(), models=len(models))
-    return summaries
+    return {**summaries, "models": {m: summaries["models"][m] for m in models}}
+
+
+def run_model(parent: RunStore, model: str, extract, cfg, lock: threading.Lock) -> dict[str, Any]:
+    """One model's pipeline into its sibling run; its start and end go into the parent's run.json."""
+    from .pipeline import PipelineConfig
+
+    child = RunStore(parent.where(run_name(model)))
+    share_ingestion(parent, child)
+    with lock:
+        set_model_status(parent, model, "running", started=_now())
+    log_event(log, "model run", model=model, run=child.where())
+    summary = run_one(child, PipelineConfig({**cfg.configs, "extract": extract}, cfg.stages))
+    with lock:
+        set_model_status(parent, model, "done", finished=_now())
+    return summary
+
+
+def share_cluster(extract, at_once: int):
+    """A model's extraction config when ``at_once`` models share the cluster: Ray joined now (once,
+    before the model threads), and each model's actors asking for 1/at_once of its GPUs or CPUs."""
+    if extract.engine != "ray":
+        return extract
+    import ray
+
+    from .extract.ray_pool import init_ray
+
+    init_ray(extract.address)
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+    if gpus and extract.device != "cpu":
+        return dataclasses.replace(extract, workers=extract.workers or max(1, gpus // at_once))
+    return dataclasses.replace(extract, cpus_per_worker=extract.cpus_per_worker or max(1, cpus // at_once))
+
+
+def _now() -> str:
+    """UTC to the millisecond: the parent's record of when each model's pipeline ran."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def record_models(parent: RunStore, models: list[str], keep: str) -> None:
@@ -118,11 +183,12 @@ def record_models(parent: RunStore, models: list[str], keep: str) -> None:
     parent.update_manifest(change)
 
 
-def set_model_status(parent: RunStore, model: str, status: str) -> None:
+def set_model_status(parent: RunStore, model: str, status: str, **info: str) -> None:
     def change(m: dict[str, Any]) -> None:
         for entry in m.get("models", []):
             if entry["model"] == model:
                 entry["status"] = status
+                entry.update(info)
 
     parent.update_manifest(change)
 

@@ -123,3 +123,32 @@ def test_models_get_a_report_each_and_an_index_across_them(tmp_path, capsys):
         assert (run / folder / "report" / "index.html").is_file()  # each model's own report
     stamp = index.stat().st_mtime_ns
     assert cli(args) == 0 and index.stat().st_mtime_ns == stamp  # a rerun leaves it as it was
+
+
+@pytest.mark.integration
+def test_models_side_by_side_on_ray_equal_one_after_another(tmp_path, capsys):
+    """--parallel-models 2 on a local Ray: both models' pipelines run at once (their spans overlap in
+    the parent's run.json, each actor got its half of the CPUs) and every stored array equals the
+    sequential job's."""
+    import zarr
+
+    path = corpus(tmp_path, n=120)
+    models = ["random:tiny-bert", "random:tiny-roberta"]
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    assert cli(run_args(seq, path, "--models", ",".join(models))) == 0
+    args = [a if a != "local" else "ray" for a in run_args(par, path, "--models", ",".join(models),
+                                                           "--parallel-models", "2")]
+    assert cli(args) == 0
+    capsys.readouterr()
+    listed = RunStore(par).read_manifest()["models"]
+    assert [e["status"] for e in listed] == ["done", "done"]
+    (a, b) = listed
+    assert a["started"] < b["finished"] and b["started"] < a["finished"]  # the two spans overlap
+    for m in models:
+        one, two = RunStore(seq / m.replace(":", "_")), RunStore(par / m.replace(":", "_"))
+        for layer in one.stored_layers():
+            x = zarr.open_group(one.where("activations.zarr"), mode="r")[f"layer_{layer}"][:]
+            y = zarr.open_group(two.where("activations.zarr"), mode="r")[f"layer_{layer}"][:]
+            assert np.array_equal(x, y), (m, layer)
+        assert np.array_equal(np.load(seq / m.replace(":", "_") / "clusters" / "layer_1" / "assignments_k3.npy"),
+                              np.load(par / m.replace(":", "_") / "clusters" / "layer_1" / "assignments_k3.npy"))

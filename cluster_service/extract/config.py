@@ -20,6 +20,11 @@ class ExtractConfig:
     models: list[str] = field(default_factory=list)
     """Several models in one job (`run` only): the whole pipeline once per model, each into a sibling
     run RUN/<model with / and : as _>/, all sharing one ingestion; an error together with model."""
+    parallel_models: NonNegativeInt = 1
+    """Models whose pipelines run at the same time (`run --models` only; 0 = all of them). Above 1
+    the job joins Ray first (--address, or a local Ray) and Ray schedules the models' extraction
+    actors and clustering tasks side by side over the cluster's GPUs/CPUs; unless --workers /
+    --cpus-per-worker say otherwise, each model then asks for its share (GPUs or CPUs ÷ N)."""
     keep_activations: Literal["all", "clustered-layers", "none"] = "all"
     """Storage budget (`run` only): once a run's pipeline is done, keep every layer's activations
     (all), only the clustered layers' (clustered-layers) or none; done-markers stay, a rerun with the
