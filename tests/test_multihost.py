@@ -30,7 +30,7 @@ from cluster_service.testing.hosts import HostsUnavailable, RayHosts, TestHosts
 pytestmark = [pytest.mark.multihost, pytest.mark.acceptance]
 
 REPO = Path(__file__).resolve().parents[1]
-BUCKET = "runs"
+BUCKET = "multihost"  # moto keeps one in-process state for every server: not the S3 tests' bucket
 #: a tiny job: ~2,600 tokens of the demo corpus in shards of 64 rows (many small units, so a host can
 #: be lost between them), three extraction actors of one CPU each on three one-CPU hosts (no spare
 #: capacity: a lost host's actor has nowhere to restart), 100 k-means micro-clusters (so that
