@@ -41,7 +41,7 @@ from results_io import merge_rows  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cluster_scale.json"
 MACHINE = "2-core CPU box"
-IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device")
+IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device", "probes")
 #: How the default rule built the leaves of the tree (see cluster.params.ApproxParams.leaves).
 LEAVES = {True: "tokens (kNN-graph Ward, then dense Ward)", False: "k-means micro-clusters (then dense Ward)"}
 
