@@ -41,6 +41,9 @@ reply on a busy machine says little.
   ``backends.CallError.overload``) of a request sent under the current limit (once per limit: the
   others in flight met the same overload); a drop does not bar re-probing (additive increase,
   multiplicative decrease, as TCP).
+- **Measure no-load again** when a batch, confirmed by a second, was faster than alone by twice the
+  margin: the reference was taken at a busy moment (other work on the machine), which would make
+  every level look unqueued. The limit goes back to 1 and slow start begins anew.
 
 The class is pure (no clock, no I/O): the pool feeds it completions and applies its limit.
 """
@@ -119,6 +122,9 @@ class AdaptiveLimit:
     """A level whose median latency is at most this many times the no-load latency added no queue."""
     z: float = 2.0
     """Standard errors a level's median may stray above no-load by noise alone (noisy latency only)."""
+    most: float = 1.6
+    """The margin's cap: two requests where one slot serves them (2×) always count as a queue, however
+    noisy the latency (noise that large is other work on the machine, not the server's own)."""
     samples_per_step: int = 3
     """Fewest completions per judgement of a level."""
     reference_samples: int = 4
@@ -129,7 +135,8 @@ class AdaptiveLimit:
     history: list[tuple[int, int]] = field(init=False, default_factory=list)
     """(completions seen, limit) at the start and at each change."""
     judgements: list[tuple[int, int, float, float]] = field(init=False, default_factory=list)
-    """(limit, samples, their median over no-load, threshold) of each judgement, for tests and logs."""
+    """(limit, samples, their median over no-load, threshold) of each judgement, for tests, logs and the
+    run's summary (its last 40)."""
 
     def __post_init__(self) -> None:
         self.limit = max(1, min(self.start, self.ceiling))
@@ -199,7 +206,7 @@ class AdaptiveLimit:
         noise = self.noise()
         n_level = level_samples or self.samples_needed()
         error = MEDIAN_SE * math.sqrt(noise ** 2 / len(self._reference) + max(noise, level_spread) ** 2 / n_level)
-        return self.flat * (1 + self.z * error)
+        return min(self.most, self.flat * (1 + self.z * error))
 
     def _set(self, limit: int) -> int | None:
         limit = max(1, min(self.ceiling, limit))
@@ -227,10 +234,11 @@ class AdaptiveLimit:
         if epoch_at_send != self.epoch or in_flight_at_send < self.limit:
             return None
         self._level.append(sample)
-        if len(self._level) not in (self.samples_needed(), 2 * self.samples_needed()):
+        if self.limit == 1:  # its samples are the reference: judged once there are enough of them
+            if len(self._reference) < self.reference_samples or len(self._level) < self.samples_needed():
+                return None
+        elif len(self._level) not in (self.samples_needed(), 2 * self.samples_needed()):
             return None  # judged on a batch, or (a first batch that found a queue) on twice that
-        if self.limit == 1 and len(self._reference) < self.reference_samples:
-            return None  # no-load not known well enough yet (at 1 the level is the reference)
         seeded = not self._reference
         if seeded:  # judged above 1 from the start: this level is the reference
             self._reference.extend(self._level)
@@ -243,6 +251,16 @@ class AdaptiveLimit:
         spread = _relative_spread(ratios) if len(ratios) >= SPREAD_SAMPLES else 0.0
         threshold = self.threshold(spread, len(ratios))
         self.judgements.append((self.limit, len(ratios), round(median / no_load, 3), round(threshold, 3)))
+        if median * threshold ** 2 < no_load and self.limit > 1:
+            # faster than alone, well beyond noise: no-load was measured at a busy moment (other work
+            # on the machine); once confirmed, measure it again, from one in flight
+            if len(ratios) < 2 * self.samples_needed():
+                return None
+            self._reference.clear()
+            self._failures.clear()
+            self._verdicts.clear()
+            self._slow_start = True
+            return self._set(1)
         if median <= threshold * no_load:
             if self._slow_start and self.limit > 1 and not seeded:  # doubled without a queue: as good as alone
                 self._reference.extend(self._level)

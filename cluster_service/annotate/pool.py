@@ -126,7 +126,7 @@ class AnnotationPool:
         limit = self.concurrency
         return {"adaptive": self.settings.adaptive, "ceiling": limit.ceiling, "final": limit.limit,
                 "settled": limit.settled(), "changes": len(limit.history) - 1,
-                **limit.describe()}
+                **limit.describe(), "judgements": [list(j) for j in limit.judgements[-40:]]}
 
     async def run(self, tasks: list[Task]) -> list[Outcome]:
         self._gate = Gate(self.concurrency.limit)
