@@ -205,7 +205,7 @@ class AdaptiveLimit:
             return self.flat
         noise = self.noise()
         n_level = level_samples or self.samples_needed()
-        error = MEDIAN_SE * math.sqrt(noise ** 2 / len(self._reference) + max(noise, level_spread) ** 2 / n_level)
+        error = MEDIAN_SE * noise * math.sqrt(1 / len(self._reference) + 1 / n_level)
         return min(self.most, self.flat * (1 + self.z * error))
 
     def _set(self, limit: int) -> int | None:
