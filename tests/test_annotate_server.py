@@ -432,7 +432,7 @@ def sent_twice(log: list[dict]) -> int:
 
 
 def test_one_slot_server_no_timeouts_nothing_sent_twice_settles_at_one(fake, tmp_path):
-    n = 24
+    n = 48  # long enough that the re-probes of 2 (each confirmed on a second batch) are the minority
     fake.control(slots=1, per_token_s=0.0005)  # ~70 ms per concept prompt, one at a time
     store = queue_store(tmp_path / "adaptive", n)
     summary = run_table(store, n, queue_config(fake, concurrency=16, timeout_s=0.6))
