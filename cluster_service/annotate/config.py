@@ -63,7 +63,8 @@ class AnnotateConfig:
     --no-adaptive-concurrency)."""
     adaptive_concurrency: bool = True
     """Start at one request in flight and find the server's real capacity from latency (raised while the
-    latency stays flat, lowered when it grows with the number in flight or on 429/503/timeouts)."""
+    median time to the first token stays flat, lowered when it grows with the number in flight, halved
+    on timeouts, 503s and 429s that carry no rate-limit headers; a rate-limit 429 pauses instead)."""
     timeout_s: PositiveFloat = 60.0
     """Time to the first token in seconds; it grows to 3 x the slowest time to first token seen, so
     requests waiting in a self-hosted server's queue are not cut off (without streaming: the whole

@@ -126,7 +126,7 @@ class AnnotationPool:
         limit = self.concurrency
         return {"adaptive": self.settings.adaptive, "ceiling": limit.ceiling, "final": limit.limit,
                 "settled": limit.settled(), "changes": len(limit.history) - 1,
-                "no_load_s_per_llm_token": limit.no_load}
+                **limit.describe(), "judgements": [list(j) for j in limit.judgements[-40:]]}
 
     async def run(self, tasks: list[Task]) -> list[Outcome]:
         self._gate = Gate(self.concurrency.limit)
@@ -307,7 +307,10 @@ class AnnotationPool:
         if self.settings.adaptive and self._verified.is_set():  # not the probe: it pays for the connection
             changed = self.concurrency.completed(first_token, reply.prompt_tokens or prompt_estimate,
                                                  in_flight, epoch)
-            await self._adapt(changed, f"latency {first_token:.3f} s to the first token at {in_flight} in flight")
+            if changed is not None:
+                level, n, ratio, threshold = self.concurrency.judgements[-1]
+                await self._adapt(changed, f"median time to the first token {ratio}× no-load over {n} completions "
+                                           f"at {level} in flight (a queue above {threshold}×)")
         self._verified.set()
         self.limiter.settle(grant, reply.prompt_tokens + reply.completion_tokens)
         self.limiter.observe(limits)
