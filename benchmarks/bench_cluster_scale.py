@@ -189,7 +189,7 @@ def _write_tables(root: Path, n: int, rng: np.random.Generator) -> None:
 def timing(args: argparse.Namespace) -> None:
     import shutil
 
-    from cluster_service.cluster.params import ApproxParams
+    from cluster_service.cluster.params import CPU_GRAPH_MAX, GPU_GRAPH_MAX, ApproxParams
 
     machine = MACHINE
     if args.device == "cuda":
@@ -230,7 +230,7 @@ def timing(args: argparse.Namespace) -> None:
                    "step_seconds": step_seconds(run.stderr)}
             if method == "approx":
                 gpu = args.device == "cuda"
-                row["m_rule"] = ApproxParams().leaves(n, args.k, 5_000_000 if gpu else 1_000_000,
+                row["m_rule"] = ApproxParams().leaves(n, args.k, GPU_GRAPH_MAX if gpu else CPU_GRAPH_MAX,
                                                       131_072 if gpu else 8192)
                 if args.micro:
                     row["m_forced"] = True  # --micro overrode the rule

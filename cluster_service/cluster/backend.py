@@ -18,6 +18,7 @@ from ..logs import log_event
 from .knn import cell_knn, exact_knn
 from .micro import Accumulator, train_kmeans
 from .parallel import assign_all
+from .params import CPU_GRAPH_MAX, GPU_GRAPH_MAX
 from .source import Source
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class FaissBackend:
     """FAISS k-means and flat L2 search, NumPy assignment in this process or as Ray tasks."""
 
     name = "faiss"
-    graph_max = 1_000_000
+    graph_max = CPU_GRAPH_MAX
     micro_cap = 8192
 
     def __init__(self, use_ray: bool = False, workers: int = 0):
@@ -91,7 +92,7 @@ class TorchBackend:
         self.device = device
         self.name = f"torch-{device.type}"
         # 5M × 768 every token a leaf: the tiled brute-force kNN and the rounds take minutes on one GPU
-        self.graph_max = 5_000_000 if device.type == "cuda" else FaissBackend.graph_max
+        self.graph_max = GPU_GRAPH_MAX if device.type == "cuda" else FaissBackend.graph_max
         self.micro_cap = 131_072 if device.type == "cuda" else FaissBackend.micro_cap
 
     def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:

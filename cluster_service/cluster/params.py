@@ -13,6 +13,11 @@ from dataclasses import dataclass
 MICRO_CAP = 8192
 #: Lower bound of micro-clusters per requested concept: ARI against exact Ward collapses as K nears M.
 MICRO_PER_K = 10
+#: Every token a leaf up to this many tokens on the CPU: at 1M the 2-core box took 98 min (goal 20),
+#: so above 100K the CPU uses k-means leaves unless ``--graph-max`` asks for more.
+CPU_GRAPH_MAX = 100_000
+#: And on a GPU (tiled brute-force kNN, rounds on the device).
+GPU_GRAPH_MAX = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,8 @@ class ApproxParams:
     """Leaves M of the tree; 0 picks them by ``leaves``."""
     graph_max: int = 0
     """Up to this many tokens every token is a leaf (kNN-graph Ward over the tokens); 0 = the
-    backend's: 1,000,000 on the CPU (cell-probed kNN, O(N·D) memory), 5,000,000 on a GPU (tiled
-    brute-force kNN)."""
+    backend's: ``CPU_GRAPH_MAX`` on the CPU (cell-probed kNN, O(N·D) memory), ``GPU_GRAPH_MAX`` on a
+    GPU (tiled brute-force kNN)."""
     dense_max: int = 8192
     """Dense weighted Ward (an M² float64 matrix) at most this wide; kNN-graph Ward below."""
     neighbors: int = 16
@@ -41,7 +46,7 @@ class ApproxParams:
     seed: int = 0
     """Seed of the sample and the k-means initialisation."""
 
-    def leaves(self, n: int, k_max: int, graph_max: int = 1_000_000, micro_cap: int = MICRO_CAP) -> int:
+    def leaves(self, n: int, k_max: int, graph_max: int = CPU_GRAPH_MAX, micro_cap: int = MICRO_CAP) -> int:
         """M: ``micro`` when set, else N up to ``graph_max`` tokens (the field, or the backend's
         ``graph_max`` when the field is 0), else min(N, max(10·K_max, ``micro_cap``)) (the backend's:
         8192 on the CPU, 131,072 on a GPU, where more leaves track every-token Ward better: ARI vs the
