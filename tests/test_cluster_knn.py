@@ -74,6 +74,23 @@ def test_tiled_knn_equals_exact_search_across_tiles():
     assert np.array_equal(ours, knn_torch(x, 16, torch.device("cpu")))  # tiling does not change the result
 
 
+def test_tiled_knn_threshold_merge_equals_full_selection(monkeypatch):
+    """The pruned path (compare each tile with the running kc-th distance, merge the hits) keeps the
+    same candidates as selecting over every whole tile, duplicates (ties at distance 0) included."""
+    from cluster_service.cluster import torch_ops
+
+    base = mixture(800, d=24, seed=11)
+    x = np.concatenate([base] * 4)[np.random.default_rng(3).permutation(3200)]
+    pruned = knn_torch(x, 16, torch.device("cpu"), rows=500, cols=600)
+    monkeypatch.setattr(torch_ops, "PRUNE_HITS", 0)  # every tile through _tile_topk
+    full = knn_torch(x, 16, torch.device("cpu"), rows=500, cols=600)
+    assert np.array_equal(pruned, full)
+    x64 = x.astype(np.float64)
+    d = ((x64[:, None, :] - x64[pruned]) ** 2).sum(-1)
+    assert np.allclose(d[:, :4], 0.0, atol=1e-6)  # the three copies and the point itself come first
+    assert np.allclose(d, ((x64[:, None, :] - x64[exact_knn(x, 17)]) ** 2).sum(-1), rtol=1e-5, atol=1e-4)
+
+
 def test_torch_rounds_give_the_faiss_tree_for_the_same_neighbours():
     x = mixture(3000, d=16, seed=7)
     z_cpu = hybrid_ward(x, np.ones(len(x)), ApproxParams(dense_max=300), backend=FaissBackend())

@@ -36,6 +36,8 @@ KNN_ROWS = 8192
 KNN_COLS = 65536
 #: Columns per group of the tile selection's first pass (see ``_tile_topk``).
 TOPK_GROUP = 16
+#: Mean hits per query row up to which a tile is merged by threshold (else ``_tile_topk`` over it).
+PRUNE_HITS = 8
 #: Candidates kept beyond k per query for the exact re-rank (absorb TF32's reordering of near ties).
 RERANK_EXTRA = 16
 #: Query rows per exact re-rank block (the gathered [rows, k + extra, D] fp32 differences).
@@ -149,9 +151,9 @@ def knn_torch(points: np.ndarray, neighbors: int, device: torch.device, *, rows:
 
     Each tile's distances come from one matmul (‖y‖² − 2·x·y), on a GPU in float16 throughout
     (tensor cores; on an H200 the fp32 matmul, then converting its fp16 result to fp32, each cost
-    more than the rest of the tile; the points are scaled so that every ‖x‖² ≤ 1);
-    a running top-(k + ``RERANK_EXTRA``) per query keeps the candidates (``_tile_topk``), which are
-    then re-ranked by their exact fp32 distance ‖x − y‖² (ties by index). float16's rounding only
+    more than the rest of the tile; the points are scaled so that every ‖x‖² ≤ 1). A running
+    top-(k + ``RERANK_EXTRA``) per query keeps the candidates (``_Candidates``), which are then
+    re-ranked by their exact fp32 distance ‖x − y‖² (ties by index). float16's rounding only
     reorders candidates whose distances agree to ~1e-3 of ‖x‖², and the extra candidates absorb that,
     so the result is the exact neighbours up to such near ties (recall against float64 brute force
     is measured on real MiniLM vectors by ``bench_cluster_scale.py knn``; on the CPU the tiles are
@@ -170,16 +172,58 @@ def knn_torch(points: np.ndarray, neighbors: int, device: torch.device, *, rows:
     out = torch.empty((n, kk), dtype=torch.int64, device=device)
     for lo in range(0, n, rows):
         xb = xm[lo:lo + rows]
-        best_d = torch.full((len(xb), 0), float("inf"), dtype=xm.dtype, device=device)
-        best_i = torch.empty((len(xb), 0), dtype=torch.int64, device=device)
+        best = _Candidates(len(xb), kc, xm.dtype, device)
         for c in range(0, n, cols):
-            d = torch.addmm(nm[None, c:c + cols], xb, xm[c:c + cols].T, beta=1.0, alpha=-2.0)
-            td, ti = _tile_topk(d, kc)
-            best_d, pick = torch.topk(torch.cat([best_d, td], 1), min(kc, best_d.shape[1] + td.shape[1]),
-                                      dim=1, largest=False, sorted=False)
-            best_i = torch.gather(torch.cat([best_i, ti + c], 1), 1, pick)
-        out[lo:lo + rows] = _rerank(x, x[lo:lo + rows], best_i, kk)
+            best.add(torch.addmm(nm[None, c:c + cols], xb, xm[c:c + cols].T, beta=1.0, alpha=-2.0), c)
+        out[lo:lo + rows] = _rerank(x, x[lo:lo + rows], best.index, kk)
     return out.cpu().numpy()
+
+
+class _Candidates:
+    """The kc smallest distances seen so far per query row, and their column indices.
+
+    Selecting over a whole tile costs more than the tile's matmul (on an H200, ~14× for 8192 × 65536),
+    so once every row holds kc candidates a tile is only compared with each row's current kc-th
+    distance: the few entries at or under it (about kc·C/columns-seen per row, so a handful after the
+    first tiles) are merged by one sort of the candidates. A tile with more hits than
+    ``PRUNE_HITS`` per row on average falls back to ``_tile_topk``. Both paths keep the kc smallest
+    (the merge breaks ties by column; a tie at the kc-th place may keep either), and the exact re-rank
+    orders what they keep.
+    """
+
+    def __init__(self, r: int, kc: int, dtype: torch.dtype, device: torch.device):
+        self.r, self.kc = r, kc
+        self.dist = torch.empty((r, 0), dtype=dtype, device=device)
+        self.index = torch.empty((r, 0), dtype=torch.int64, device=device)
+
+    def add(self, d: torch.Tensor, col0: int) -> None:
+        if self.dist.shape[1] == self.kc:
+            hit = d <= self.dist.amax(dim=1, keepdim=True)
+            rr, cc = hit.nonzero(as_tuple=True)
+            if len(rr) <= PRUNE_HITS * self.r:
+                self._merge(rr, d[rr, cc], cc + col0)
+                return
+        td, ti = _tile_topk(d, min(self.kc, d.shape[1]))
+        dist, pick = torch.topk(torch.cat([self.dist, td], 1), min(self.kc, self.dist.shape[1] + td.shape[1]),
+                                dim=1, largest=False, sorted=False)
+        self.index = torch.gather(torch.cat([self.index, ti + col0], 1), 1, pick)
+        self.dist = dist
+
+    def _merge(self, rr: torch.Tensor, dd: torch.Tensor, ii: torch.Tensor) -> None:
+        if not len(rr):
+            return
+        r, kc, dev = self.r, self.kc, self.dist.device
+        row = torch.cat([torch.arange(r, device=dev).repeat_interleave(kc), rr])
+        dist = torch.cat([self.dist.reshape(-1), dd])
+        index = torch.cat([self.index.reshape(-1), ii])
+        order = torch.sort(dist, stable=True).indices
+        order = order[torch.sort(row[order], stable=True).indices]  # by row, then distance
+        counts = torch.bincount(rr, minlength=r) + kc
+        start = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=dev) - start.repeat_interleave(counts)
+        keep = order[rank < kc]  # row-major: the kc smallest of each row, rows in order
+        self.dist = dist[keep].view(r, kc)
+        self.index = index[keep].view(r, kc)
 
 
 def _tile_topk(d: torch.Tensor, kc: int) -> tuple[torch.Tensor, torch.Tensor]:
