@@ -58,13 +58,30 @@ def _undirected(u: torch.Tensor, v: torch.Tensor, n: int) -> tuple[torch.Tensor,
 
 
 def _costs(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """2·ΔSSE of merging u and v for every edge (the squared fastcluster height)."""
+    """2·ΔSSE of merging u and v for every edge (the squared fastcluster height), in float64 from the sums."""
     out = torch.empty(len(u), dtype=torch.float64, device=sums.device)
     for lo in range(0, len(u), _EDGE_CHUNK):
         a, b = u[lo:lo + _EDGE_CHUNK], v[lo:lo + _EDGE_CHUNK]
         na, nb = size[a], size[b]
         diff = sums[a] / na[:, None] - sums[b] / nb[:, None]
         out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * (diff * diff).sum(dim=1)
+    return out
+
+
+def _costs32(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The same costs from float32 centroids: what the rounds rank edges by.
+
+    The rounds read every edge's two centroids each round, and that gather is their cost (memory
+    bound: 2·E·D values); float32 halves it against the float64 sums, and needs no division. Its
+    rounding (~1e-7 of ‖c‖ per coordinate, on centred data) can only swap edges whose costs agree
+    to ~1e-6; the heights of the merges made are then computed in float64 by ``_costs``.
+    """
+    out = torch.empty(len(u), dtype=torch.float64, device=means.device)
+    for lo in range(0, len(u), _EDGE_CHUNK):
+        a, b = u[lo:lo + _EDGE_CHUNK], v[lo:lo + _EDGE_CHUNK]
+        na, nb = size[a], size[b]
+        diff = means[a] - means[b]
+        out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * (diff * diff).sum(dim=1, dtype=torch.float64)
     return out
 
 
@@ -76,19 +93,25 @@ def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target: int):
+def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target: int,
+                 means: torch.Tensor | None = None):
     """RNN rounds on the graph over clusters (sums [n, D], sizes [n]) until ``target`` remain.
 
     Returns (indices of the remaining clusters, merges as (index a, index b, 2·ΔSSE) tensors); ``sums``
-    and ``size`` are updated in place at the surviving index of each merge.
+    and ``size`` are updated in place at the surviving index of each merge, and ``means`` (float32
+    centroids, computed here when not given) with them. ``u < v`` must be sorted unique edges, as
+    ``_undirected`` gives them. An edge's cost is computed once and again only after one of its ends
+    merged: in a round about a third of the clusters merge, so most later edges keep theirs.
     """
     n = len(size)
     dev = sums.device
+    if means is None:
+        means = (sums / size[:, None]).float()
     parent = torch.arange(n, device=dev)
     active = n
     ma, mb, mh = [], [], []
+    cost = _costs32(means, size, u, v)
     while active > target and len(u):
-        cost = _costs(sums, size, u, v)
         node = torch.cat([u, v])
         other = torch.cat([v, u])
         both = torch.cat([cost, cost])
@@ -101,15 +124,25 @@ def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: tor
         pu, pv, pc = u[pair], v[pair], cost[pair]
         if len(pu) > active - target:
             cheapest = torch.sort(pc, stable=True).indices[: active - target]
-            pu, pv, pc = pu[cheapest], pv[cheapest], pc[cheapest]
-        sums[pu] += sums[pv]
-        size[pu] += size[pv]
-        parent[pv] = pu
+            pu, pv = pu[cheapest], pv[cheapest]
         ma.append(pu)
         mb.append(pv)
-        mh.append(pc)
+        mh.append(_costs(sums, size, pu, pv))  # the heights in float64
+        sums[pu] += sums[pv]
+        size[pu] += size[pv]
+        means[pu] = (sums[pu] / size[pu, None]).float()
+        parent[pv] = pu
         active -= len(pu)
+        merged = torch.zeros(n, dtype=torch.bool, device=dev)
+        merged[pu] = True
+        old_key = u * n + v
         u, v = _undirected(parent[u], parent[v], n)
+        touched = merged[u] | merged[v]
+        kept = ~touched
+        new_cost = torch.empty(len(u), dtype=torch.float64, device=dev)
+        new_cost[kept] = cost[torch.searchsorted(old_key, u[kept] * n + v[kept])]
+        new_cost[touched] = _costs32(means, size, u[touched], v[touched])
+        cost = new_cost
     keep = torch.nonzero(parent == torch.arange(n, device=dev)).flatten()
     return keep, _cat(ma, torch.int64, dev), _cat(mb, torch.int64, dev), _cat(mh, torch.float64, dev)
 
@@ -154,9 +187,10 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, 
     rep = torch.arange(n, device=dev)  # a leaf inside each current cluster, names it in the merge list
     ma, mb, mh = [], [], []
     while len(rep) > dense_max:
-        u, v = _edges(_means32(sums, size), params.neighbors, backend, dev, params.knn_probes_for(len(rep)),
-                      params.seed)
-        keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2))
+        means = _means32(sums, size)
+        u, v = _edges(means, params.neighbors, backend, dev, params.knn_probes_for(len(rep)), params.seed)
+        keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2),
+                                     torch.from_numpy(means).to(dev))  # on the CPU, the same memory
         if not len(a):
             break
         ma.append(rep[a])
