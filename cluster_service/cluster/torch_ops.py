@@ -184,9 +184,8 @@ class _Candidates:
 
     Selecting over a whole tile costs more than the tile's matmul (on an H200, ~14× for 8192 × 65536),
     so once every row holds kc candidates a tile is only compared with each row's current kc-th
-    distance (its ``TOPK_GROUP``-column group minima, when the groups divide it: each pass over the
-    tile costs about as much as its matmul): the few entries at or under it (about kc·C/columns-seen
-    per row, so a handful after the first tiles) are merged by one sort of the candidates. A tile with more hits than
+    distance: the few entries at or under it (about kc·C/columns-seen per row, so a handful after the
+    first tiles) are merged by one sort of the candidates. A tile with more hits than
     ``PRUNE_HITS`` per row on average falls back to ``_tile_topk``. Both paths keep the kc smallest
     (the merge breaks ties by column; a tie at the kc-th place may keep either), and the exact re-rank
     orders what they keep.
@@ -199,22 +198,11 @@ class _Candidates:
 
     def add(self, d: torch.Tensor, col0: int) -> None:
         if self.dist.shape[1] == self.kc:
-            thr = self.dist.amax(dim=1, keepdim=True)
-            g = TOPK_GROUP
-            if d.shape[1] % g == 0:  # compare group minima: one read of the tile, a 16× smaller mask
-                rr, gg = (d.view(len(d), -1, g).amin(dim=2) <= thr).nonzero(as_tuple=True)
-                if len(rr) <= PRUNE_HITS * self.r:
-                    rr = rr.repeat_interleave(g)
-                    cc = (gg[:, None] * g + torch.arange(g, device=d.device)).reshape(-1)
-                    dd = d[rr, cc]
-                    under = dd <= thr[rr, 0]
-                    self._merge(rr[under], dd[under], cc[under] + col0)
-                    return
-            else:
-                rr, cc = (d <= thr).nonzero(as_tuple=True)
-                if len(rr) <= PRUNE_HITS * self.r:
-                    self._merge(rr, d[rr, cc], cc + col0)
-                    return
+            hit = d <= self.dist.amax(dim=1, keepdim=True)
+            rr, cc = hit.nonzero(as_tuple=True)
+            if len(rr) <= PRUNE_HITS * self.r:
+                self._merge(rr, d[rr, cc], cc + col0)
+                return
         td, ti = _tile_topk(d, min(self.kc, d.shape[1]))
         dist, pick = torch.topk(torch.cat([self.dist, td], 1), min(self.kc, self.dist.shape[1] + td.shape[1]),
                                 dim=1, largest=False, sorted=False)
