@@ -176,6 +176,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=0, help="requests per load level (0: 20 per client, >= 60)")
     p.add_argument("--max-s", type=float, default=120.0, help="longest a load level runs")
     p.add_argument("--naive-requests", type=int, default=60)
+    p.add_argument("--batch-wait-s", type=float, default=0.01,
+                   help="the Model deployment's dynamic batching wait (ServeConfig.batch_wait_s, default 0.01)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every mode (2: both cores)")
     p.add_argument("--port", type=int, default=18555)
     p.add_argument("--note", default="box shared: other engineers' tests and benchmarks ran at the same time")
@@ -217,7 +219,7 @@ def main() -> None:
     try:
         for index in args.indexes.split(","):
             cfg = ServeConfig(k=[args.k], cpus_per_replica=args.threads, port=args.port, batch_size=64,
-                              max_ongoing_requests=512, index=index)
+                              max_ongoing_requests=512, index=index, batch_wait_s=args.batch_wait_s)
             base = {"model": "all-MiniLM-L6-v2", "layers": 7, "k": args.k, "threads": args.threads,
                     "index": index, "run_tokens": a.read_manifest()["tokens"]}
             local = LocalService(a, cfg)
