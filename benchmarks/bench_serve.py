@@ -168,6 +168,8 @@ def row_of(mode: str, clients: int | None, m: dict, note: str, **extra) -> dict:
 
 
 def main() -> None:
+    from cluster_service.serve.config import ServeConfig
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sentences", type=int, default=800, help="demo sentences of run B (A has 90%%)")
     p.add_argument("--k", type=int, default=50)
@@ -176,8 +178,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=0, help="requests per load level (0: 20 per client, >= 60)")
     p.add_argument("--max-s", type=float, default=120.0, help="longest a load level runs")
     p.add_argument("--naive-requests", type=int, default=60)
-    p.add_argument("--batch-wait-s", type=float, default=0.01,
-                   help="the Model deployment's dynamic batching wait (ServeConfig.batch_wait_s, default 0.01)")
+    p.add_argument("--batch-wait-s", type=float, default=ServeConfig.batch_wait_s,
+                   help="the Model deployment's dynamic batching wait (default: ServeConfig's)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every mode (2: both cores)")
     p.add_argument("--port", type=int, default=18555)
     p.add_argument("--note", default="box shared: other engineers' tests and benchmarks ran at the same time")
