@@ -384,13 +384,21 @@ def test_serve_verb_serves_until_interrupted(runs):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen([sys.executable, "-m", "cluster_service.cli", "serve", a.where(), "--port", str(port),
-                             "--k", "8", "--layers", "3", "--cpus-per-replica", "1"],
+                             "--k", "8,16", "--layers", "3", "--cpus-per-replica", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, 300)
-        status, body = call(url, "/v1/concepts", {"text": lines[1]})
+        status, body = call(url, "/v1/concepts", {"text": lines[1], "k": 8})
         assert status == 200 and body["k"] == 8 and body["layers"] == [3]
+        # small indexes: the model replica searches them, one Index deployment describes both tables
+        status, info = call(url, "/v1/run")
+        assert status == 200 and sorted((i["layer"], i["k"]) for i in info["indexes"]) == [(3, 8), (3, 16)], info
+        for k in (8, 16):
+            status, concept = call(url, f"/v1/concepts/3/{k}/1")
+            assert status == 200 and (concept["k"], concept["concept"]) == (k, 1), concept
+            assert concept["size"] > 0
+        assert call(url, "/v1/concepts/3/16/99")[0] == 404
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out[-2000:]
