@@ -150,7 +150,7 @@ def limits_row(name: str, n: int, repeats: int, rpm: float, tpm: float) -> dict:
                repeated_calls=max(r["repeated_calls"] for rs in runs.values() for r in rs),
                lost=max(r["lost"] for rs in runs.values() for r in rs),
                rerun_calls=max(r["rerun_calls"] for rs in runs.values() for r in rs),
-               note=SHARED_NOTE)
+               note=box_note())
     return row
 
 
@@ -159,8 +159,10 @@ QUEUE_TIMEOUT_S = 2.0
 FIXED = (1, 2, 4, 8, 16)
 
 
-SHARED_NOTE = ("2-core box shared with 3 other engineers' work running at the same time (load average 5-14): "
-               "absolute rates vary between rounds; ratios are within a round")
+def box_note() -> str:
+    """What else the box carried when a row was written (the 2-core box is often shared)."""
+    return (f"1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores when the row was written "
+            "(this benchmark itself included): absolute rates vary between rounds; ratios are within a round")
 
 
 def queue_run(srv: ServerProcess, n: int, slots: int, concurrency: int, adaptive: bool) -> dict:
@@ -235,7 +237,7 @@ def queueing_row(name: str, n: int, slots: int, repeats: int) -> dict:
                            "abandoned_but_served": sum(r["fixed"][c]["abandoned_but_served"] for r in rounds),
                            "failed": sum(r["fixed"][c]["failed"] for r in rounds)} for c in FIXED},
         "per_token_s": QUEUE_PER_TOKEN_S, "timeout_s": QUEUE_TIMEOUT_S,
-        "clock": "real time; server in its own process", "note": SHARED_NOTE,
+        "clock": "real time; server in its own process", "note": box_note(),
     }
 
 
