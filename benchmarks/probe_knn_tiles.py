@@ -1,70 +1,122 @@
-"""Where the time of one row block of the GPU's tiled kNN goes (issue 18): matmul in fp32 / fp16,
-the fp32 conversion, plain top-k vs the group-minimum selection; then the whole search at 200K
-(recall against float64 brute force), and 1M × 768 with every tile selected in full against the
-threshold merge (``PRUNE_HITS``: same neighbours, measured in the same run).
+"""Where the time of the GPU's exact kNN goes (issue 18): the fused group-minimum kernel against the
+same selection fed by torch matmuls (the baseline, measured in the same run) and against the bare
+fp16 matmul over the same pairs (the chip's practical rate for this work).
 
-    PYTHONPATH=$PWD python3 benchmarks/probe_knn_tiles.py     # on a GPU machine
+    PYTHONPATH=$PWD python3 benchmarks/probe_knn_tiles.py [--n 1000000] [--d 768] [--configs]
+                                                          [--results cluster_scale.json]
 
-Measured on 1x H200 (2026-12-02), per 8192-row block over 1M × 384 columns: fp32 matmul 0.13 s,
-fp16 0.01 s, + fp32 conversion and axpy 0.07 s, + top-k 0.16 s, + group top-k 0.14 s; the fp16
-search over 2M × 768 took 55 s (so ~6 min for 5M: the selection, not the matmul, bounds it), which
-is why tiles after the first are compared with the running kc-th distance and only the hits merged.
+Prints a table; with ``--results`` appends a ``knn_group_min_probe`` row. ``--configs`` first times
+a few kernel tiles on one query block (the chosen one is written in ``group_knn``).
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
 import time
+from pathlib import Path
 
 import torch
 
-from cluster_service.cluster import torch_ops
+from cluster_service.cluster import group_knn
 from cluster_service.cluster.knn import recall
 
 DEV = torch.device("cuda")
-N, D, ROWS, COLS = 1_000_000, 384, 8192, 65536
 
 
-def timed(name: str, f) -> None:
+def timed(f) -> float:
     torch.cuda.synchronize()
     t = time.perf_counter()
     f()
     torch.cuda.synchronize()
-    print(f"{name}: {time.perf_counter() - t:.2f} s", flush=True)
+    return time.perf_counter() - t
+
+
+def matmul_only(xh: torch.Tensor, rows: int, cols: int = 65536) -> None:
+    """The fp16 products of every query row with every point, nothing kept: the floor."""
+    out = torch.empty((rows, cols), dtype=torch.float16, device=DEV)
+    for lo in range(0, len(xh), rows):
+        q = xh[lo:lo + rows]
+        for c in range(0, len(xh), cols):
+            torch.mm(q, xh[c:c + cols].T, out=out[:len(q), :min(cols, len(xh) - c)])
+
+
+def configs(n: int, d: int) -> None:
+    x = (torch.randn(n, d, device=DEV) / d ** 0.5).half()
+    xn = (x.float() ** 2).sum(1)
+    groups = -(-n // group_knn.GROUP)
+    out = torch.full((group_knn.QUERY_ROWS, groups), float("inf"), device=DEV)
+    q = x[:group_knn.QUERY_ROWS]
+    flops = 2.0 * len(q) * n * d
+    t = timed(lambda: torch.mm(q, x[:65536].T))
+    t = timed(lambda: [torch.mm(q, x[c:c + 65536].T) for c in range(0, n, 65536)])
+    print(f"one block, cuBLAS fp16 matmul: {t * 1e3:.1f} ms ({flops / t / 1e12:.0f} TFLOP/s)", flush=True)
+    for bm, bn, bk, warps, stages in [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3),
+                                      (256, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]:
+        group_knn.BLOCK_M, group_knn.BLOCK_N, group_knn.BLOCK_K = bm, bn, bk
+        group_knn.WARPS, group_knn.STAGES = warps, stages
+        group_knn._KERNEL = None
+        try:
+            group_knn.triton_group_min(q, x, xn, out)
+            t = min(timed(lambda: group_knn.triton_group_min(q, x, xn, out)) for _ in range(3))
+            print(f"kernel BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}: {t * 1e3:.1f} ms "
+                  f"({flops / t / 1e12:.0f} TFLOP/s)", flush=True)
+        except Exception as exc:  # a tile the chip cannot hold (shared memory): report and go on
+            print(f"kernel BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}: failed: {str(exc)[:120]}")
 
 
 def main() -> None:
-    x = torch.randn(N, D, device=DEV)
-    xh = x.half()
-    norms = (x * x).sum(1)
-
-    def block(kind: str) -> None:
-        for c in range(0, N, COLS):
-            if kind == "mm32":
-                x[:ROWS] @ x[c:c + COLS].T
-                continue
-            d = xh[:ROWS] @ xh[c:c + COLS].T
-            if kind == "mm16":
-                continue
-            d = d.float().mul_(-2.0).add_(norms[None, c:c + COLS])
-            if kind == "topk":
-                torch.topk(d, 33, dim=1, largest=False, sorted=False)
-            elif kind == "group":
-                torch_ops._tile_topk(d, 33)
-
-    for kind in ("mm32", "mm16", "convert", "topk", "group"):
-        block(kind)
-        timed(f"one row block: {kind}", lambda kind=kind: block(kind))
-    small = x[:200_000].cpu().numpy()
-    got = torch_ops.knn_torch(small, 16, DEV)
-    print("recall@16 of the tiled search on 200K Gaussian points:", recall(small, got, 16, 500), flush=True)
-    big = torch.randn(1_000_000, 768, device=DEV).cpu().numpy()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000, help="points of the whole search (Gaussian)")
+    ap.add_argument("--d", type=int, default=768, help="dimensions")
+    ap.add_argument("--configs", action="store_true", help="time kernel tiles on one query block first")
+    ap.add_argument("--profile", action="store_true", help="torch profiler table of one 1M search first")
+    ap.add_argument("--results", type=Path, help="cluster_scale.json to append the row to")
+    args = ap.parse_args()
+    if args.configs:
+        configs(args.n, args.d)
+    if args.profile:
+        pts = torch.randn(args.n, args.d, device=DEV).cpu().numpy()
+        group_knn.knn_groups(pts[:100_000], 16, DEV)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            group_knn.knn_groups(pts, 16, DEV)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18), flush=True)
+        del pts
+    small = torch.randn(200_000, args.d, device=DEV).cpu().numpy()
+    got = group_knn.knn_groups(small, 16, DEV)
+    base = group_knn.knn_groups(small, 16, DEV, fused=False)
+    print(f"200K: recall@16 {recall(small, got, 16, 500):.4f}, rows equal to the unfused search "
+          f"{(got == base).all(axis=1).mean():.6f}", flush=True)
+    big = torch.randn(args.n, args.d, device=DEV)
+    xh = (big / big.norm(dim=1).max()).half()
+    host = big.cpu().numpy()
+    del big
+    t_mm = timed(lambda: matmul_only(xh, group_knn.QUERY_ROWS))
+    xh = None  # free the GPU copy before the searches
     found = {}
-    for prune in (0, torch_ops.PRUNE_HITS):
-        torch_ops.PRUNE_HITS = prune
-        timed(f"tiled search, 1M x 768, PRUNE_HITS={prune}",
-              lambda prune=prune: found.setdefault(prune, torch_ops.knn_torch(big, 16, DEV)))
-    same = (found[0] == found[prune]).all(axis=1).mean()
-    print(f"rows with the same neighbours, full selection vs threshold merge: {same:.6f}", flush=True)
+    t_fused = timed(lambda: found.setdefault("fused", group_knn.knn_groups(host, 16, DEV)))
+    t_torch = timed(lambda: found.setdefault("torch", group_knn.knn_groups(host, 16, DEV, fused=False)))
+    same = float((found["fused"] == found["torch"]).all(axis=1).mean())
+    rec = recall(host, found["fused"], 16, 500)
+    print(f"| search {args.n} x {args.d} | seconds | vs fp16 matmul alone |\n|---|---|---|\n"
+          f"| fp16 matmul alone (cuBLAS) | {t_mm:.1f} | 1.00 |\n"
+          f"| group minima by torch matmuls (baseline) | {t_torch:.1f} | {t_torch / t_mm:.2f} |\n"
+          f"| fused Triton kernel | {t_fused:.1f} | {t_fused / t_mm:.2f} |\n"
+          f"fused / baseline {t_fused / t_torch:.2f}; rows equal {same:.6f}; recall@16 {rec:.4f}", flush=True)
+    if args.results:
+        rows = json.loads(args.results.read_text())
+        rows["rows"].append({
+            "machine": f"1x {torch.cuda.get_device_name()}", "date": datetime.date.today().isoformat(),
+            "n": args.n, "d": args.d, "k": 16, "method": "knn_group_min_probe", "data": "gaussian",
+            "device": "cuda", "seconds": round(t_fused, 2), "baseline_seconds": round(t_torch, 2),
+            "ratio_vs_baseline": round(t_fused / t_torch, 3), "matmul_only_seconds": round(t_mm, 2),
+            "ratio_vs_matmul_only": round(t_fused / t_mm, 3), "rows_equal_baseline": same,
+            "recall_at_16": rec,
+            "note": "probe_knn_tiles.py: fused Triton distance + group-minimum kernel vs the same "
+                    "selection over torch fp16 matmuls (baseline) and the bare fp16 matmuls, same run"})
+        args.results.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

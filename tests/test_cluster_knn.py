@@ -1,5 +1,10 @@
 """The kNN searches behind every-token-a-leaf Ward: cell-probed (CPU) and tiled brute force (torch)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import fastcluster
 import numpy as np
 import pytest
@@ -9,9 +14,9 @@ from sklearn.metrics import adjusted_rand_score
 from cluster_service.cluster.backend import FaissBackend, TorchBackend
 from cluster_service.cluster.cut import cut
 from cluster_service.cluster.graph import hybrid_ward
+from cluster_service.cluster.group_knn import knn_groups
 from cluster_service.cluster.knn import cell_knn, exact_knn, recall
 from cluster_service.cluster.params import ApproxParams
-from cluster_service.cluster.torch_ops import knn_torch
 
 pytestmark = pytest.mark.unit
 
@@ -59,36 +64,70 @@ def test_cell_probed_graph_ward_stays_close_to_exact_ward():
         assert a_cells >= a_flat - 0.05, (k, a_flat, a_cells)
 
 
-def test_tiled_knn_equals_exact_search_across_tiles():
+def _dists(x: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    return ((x64[:, None, :] - x64[nbr]) ** 2).sum(-1)
+
+
+def test_group_minimum_knn_equals_exact_search_across_blocks():
     x = mixture(5000, d=32, seed=5)
     x -= x.mean(axis=0)
-    ours = knn_torch(x, 16, torch.device("cpu"), rows=700, cols=1100)  # tiles that do not divide n
+    ours = knn_groups(x, 16, torch.device("cpu"), rows=700)  # query blocks that do not divide n
     theirs = exact_knn(x, 17)
-    x64 = x.astype(np.float64)
-
-    def dists(nbr: np.ndarray) -> np.ndarray:
-        return ((x64[:, None, :] - x64[nbr]) ** 2).sum(-1)
-
-    assert np.allclose(dists(ours), dists(theirs), rtol=1e-5, atol=1e-4)
+    assert np.allclose(_dists(x, ours), _dists(x, theirs), rtol=1e-5, atol=1e-4)
     assert (np.sort(ours, axis=1) == np.sort(theirs, axis=1)).all(axis=1).mean() > 0.99
-    assert np.array_equal(ours, knn_torch(x, 16, torch.device("cpu")))  # tiling does not change the result
+    assert np.array_equal(ours, knn_groups(x, 16, torch.device("cpu")))  # blocking does not change it
 
 
-def test_tiled_knn_threshold_merge_equals_full_selection(monkeypatch):
-    """The pruned path (compare each tile with the running kc-th distance, merge the hits) keeps the
-    same candidates as selecting over every whole tile, duplicates (ties at distance 0) included."""
-    from cluster_service.cluster import torch_ops
+@pytest.mark.parametrize("n", [5, 18, 257, 3203])
+def test_group_minimum_knn_small_and_ragged_sizes(n):
+    """Fewer points than groups, super-groups or neighbours, and a last group cut short: the padding
+    columns past the last point are never chosen, and every point still finds its true neighbours."""
+    x = mixture(n, d=12, seed=n)
+    ours = knn_groups(x, 16, torch.device("cpu"), rows=100)
+    assert ours.shape == (n, min(17, n)) and (ours >= 0).all() and (ours < n).all()
+    assert np.allclose(_dists(x, ours), _dists(x, exact_knn(x, min(17, n))), rtol=1e-5, atol=1e-4)
 
+
+def test_group_minimum_knn_keeps_duplicates():
+    """Ties at distance 0 (each point three more times): the copies and the point itself come first."""
     base = mixture(800, d=24, seed=11)
     x = np.concatenate([base] * 4)[np.random.default_rng(3).permutation(3200)]
-    pruned = knn_torch(x, 16, torch.device("cpu"), rows=500, cols=600)
-    monkeypatch.setattr(torch_ops, "PRUNE_HITS", 0)  # every tile through _tile_topk
-    full = knn_torch(x, 16, torch.device("cpu"), rows=500, cols=600)
-    assert np.array_equal(pruned, full)
-    x64 = x.astype(np.float64)
-    d = ((x64[:, None, :] - x64[pruned]) ** 2).sum(-1)
-    assert np.allclose(d[:, :4], 0.0, atol=1e-6)  # the three copies and the point itself come first
-    assert np.allclose(d, ((x64[:, None, :] - x64[exact_knn(x, 17)]) ** 2).sum(-1), rtol=1e-5, atol=1e-4)
+    ours = knn_groups(x, 16, torch.device("cpu"), rows=500)
+    d = _dists(x, ours)
+    assert np.allclose(d[:, :4], 0.0, atol=1e-6)
+    assert np.allclose(d, _dists(x, exact_knn(x, 17)), rtol=1e-5, atol=1e-4)
+
+
+_FUSED_CHECK = """
+import numpy as np, torch
+from cluster_service.cluster import group_knn
+from tests.test_cluster_knn import mixture
+x = torch.from_numpy(mixture(1000, d=40, seed=2))
+xm = torch.nn.functional.pad(x, (0, (-40) % group_knn.BLOCK_K))  # as knn_groups pads D
+xn = (xm * xm).sum(dim=1)
+fused = torch.full((300, -(-len(x) // group_knn.GROUP)), float("inf"))
+plain = fused.clone()
+group_knn.triton_group_min(xm[:300], xm, xn, fused)
+group_knn.torch_group_min(xm[:300], xm, xn, plain)
+assert torch.isfinite(fused).all() and torch.allclose(fused, plain, rtol=1e-5, atol=1e-4)
+pts, cpu = x.numpy(), torch.device("cpu")
+same = np.array_equal(group_knn.knn_groups(pts, 16, cpu, fused=True, rows=300),
+                      group_knn.knn_groups(pts, 16, cpu, fused=False, rows=300))
+assert same
+print("fused ok")
+"""
+
+
+def test_fused_triton_kernel_equals_the_torch_group_minima():
+    """The GPU's fused kernel, run by Triton's interpreter on the CPU (set before Triton is imported,
+    hence a fresh process): the same group minima as the torch matmuls (to fp32 rounding), with
+    ragged tiles (1000 points, tiles of 128), and the same neighbours end to end."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0 and "fused ok" in done.stdout, done.stderr[-2000:]
 
 
 def test_torch_rounds_give_the_faiss_tree_for_the_same_neighbours():

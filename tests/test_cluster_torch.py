@@ -15,11 +15,12 @@ from sklearn.metrics import adjusted_rand_score
 from cluster_service.cluster.backend import FaissBackend, TorchBackend, resolve_backend
 from cluster_service.cluster.config import ClusterConfig
 from cluster_service.cluster.graph import knn_edges
+from cluster_service.cluster.group_knn import knn_groups
 from cluster_service.cluster.micro import nearest, train_kmeans
 from cluster_service.cluster.parallel import assign_all
 from cluster_service.cluster.source import ArraySource, ZarrSource
 from cluster_service.cluster.stage import cluster_run
-from cluster_service.cluster.torch_ops import knn_torch, train_kmeans_torch
+from cluster_service.cluster.torch_ops import train_kmeans_torch
 from cluster_service.errors import UserError
 from cluster_service.store import RunStore
 
@@ -115,7 +116,7 @@ def test_streaming_from_zarr_equals_in_memory(tmp_path):
 def test_knn_equals_faiss_exact():
     x, _ = planted(3000, 40, 32, seed=4, spread=2.0)
     neighbors = 16
-    ours = knn_torch(x, neighbors, CPU)
+    ours = knn_groups(x, neighbors, CPU)
     index = faiss.IndexFlatL2(x.shape[1])
     index.add(x)
     _, theirs = index.search(x, neighbors + 1)

@@ -107,9 +107,9 @@ class TorchBackend:
 
     def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
         """Always exact (tiled brute force): on a GPU that is affordable to 5M points."""
-        from .torch_ops import knn_torch
+        from .group_knn import knn_groups
 
-        return knn_torch(points, neighbors, self.device)
+        return knn_groups(points, neighbors, self.device)
 
 
 def resolve_backend(name: str, *, use_ray: bool = False, workers: int = 0) -> ClusterBackend:

@@ -16,16 +16,21 @@ same keys on every device, so a device gives the same tree for the same neighbou
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ..logs import log_event
 from .ward import _to_scipy, weighted_ward
 
 if TYPE_CHECKING:
     from .backend import ClusterBackend
     from .params import ApproxParams
+
+log = logging.getLogger("cluster_service.cluster")
 
 #: Edges per chunk when computing merge costs (bounds the gathered E×D temporaries).
 _EDGE_CHUNK = 1 << 16
@@ -187,10 +192,14 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, 
     rep = torch.arange(n, device=dev)  # a leaf inside each current cluster, names it in the merge list
     ma, mb, mh = [], [], []
     while len(rep) > dense_max:
+        t0 = time.perf_counter()
         means = _means32(sums, size)
         u, v = _edges(means, params.neighbors, backend, dev, params.knn_probes_for(len(rep)), params.seed)
+        t1 = time.perf_counter()
         keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2),
                                      torch.from_numpy(means).to(dev))  # on the CPU, the same memory
+        log_event(log, "kNN graph level", clusters=len(rep), edges=len(u), merged=len(a),
+                  knn_s=round(t1 - t0, 2), rounds_s=round(time.perf_counter() - t1, 2))
         if not len(a):
             break
         ma.append(rep[a])
