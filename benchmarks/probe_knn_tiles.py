@@ -45,25 +45,29 @@ def matmul_only(xh: torch.Tensor, rows: int, cols: int = 65536) -> None:
 def configs(n: int, d: int) -> None:
     x = (torch.randn(n, d, device=DEV) / d ** 0.5).half()
     xn = (x.float() ** 2).sum(1)
-    groups = -(-n // group_knn.GROUP)
-    out = torch.full((group_knn.QUERY_ROWS, groups), float("inf"), device=DEV)
+    supers = -(-n // (group_knn.GROUP * group_knn.SUPER))
+    out = torch.full((group_knn.QUERY_ROWS, supers * group_knn.SUPER), float("inf"), device=DEV)
+    s_out = torch.empty((group_knn.QUERY_ROWS, supers), device=DEV)
     q = x[:group_knn.QUERY_ROWS]
     flops = 2.0 * len(q) * n * d
     t = timed(lambda: torch.mm(q, x[:65536].T))
     t = timed(lambda: [torch.mm(q, x[c:c + 65536].T) for c in range(0, n, 65536)])
+    chosen = (group_knn.BLOCK_M, group_knn.BLOCK_N, group_knn.BLOCK_K, group_knn.WARPS, group_knn.STAGES)
     print(f"one block, cuBLAS fp16 matmul: {t * 1e3:.1f} ms ({flops / t / 1e12:.0f} TFLOP/s)", flush=True)
-    for bm, bn, bk, warps, stages in [(128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (128, 256, 64, 8, 3),
-                                      (256, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4)]:
+    for bm, bn, bk, warps, stages in [(128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (64, 256, 64, 8, 3),
+                                      (128, 256, 32, 8, 4)]:
         group_knn.BLOCK_M, group_knn.BLOCK_N, group_knn.BLOCK_K = bm, bn, bk
         group_knn.WARPS, group_knn.STAGES = warps, stages
         group_knn._KERNEL = None
         try:
-            group_knn.triton_group_min(q, x, xn, out)
-            t = min(timed(lambda: group_knn.triton_group_min(q, x, xn, out)) for _ in range(3))
+            group_knn.triton_group_min(q, x, xn, out, s_out)
+            t = min(timed(lambda: group_knn.triton_group_min(q, x, xn, out, s_out)) for _ in range(3))
             print(f"kernel BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}: {t * 1e3:.1f} ms "
                   f"({flops / t / 1e12:.0f} TFLOP/s)", flush=True)
         except Exception as exc:  # a tile the chip cannot hold (shared memory): report and go on
             print(f"kernel BM={bm} BN={bn} BK={bk} warps={warps} stages={stages}: failed: {str(exc)[:120]}")
+    group_knn.BLOCK_M, group_knn.BLOCK_N, group_knn.BLOCK_K, group_knn.WARPS, group_knn.STAGES = chosen
+    group_knn._KERNEL = None
 
 
 def main() -> None:

@@ -106,11 +106,13 @@ from tests.test_cluster_knn import mixture
 x = torch.from_numpy(mixture(1000, d=40, seed=2))
 xm = torch.nn.functional.pad(x, (0, (-40) % group_knn.BLOCK_K))  # as knn_groups pads D
 xn = (xm * xm).sum(dim=1)
-fused = torch.full((300, -(-len(x) // group_knn.GROUP)), float("inf"))
-plain = fused.clone()
-group_knn.triton_group_min(xm[:300], xm, xn, fused)
-group_knn.torch_group_min(xm[:300], xm, xn, plain)
-assert torch.isfinite(fused).all() and torch.allclose(fused, plain, rtol=1e-5, atol=1e-4)
+supers = -(-len(x) // (group_knn.GROUP * group_knn.SUPER))
+fused = torch.full((300, supers * group_knn.SUPER), float("inf"))
+plain, fused_s, plain_s = fused.clone(), torch.empty(300, supers), torch.empty(300, supers)
+group_knn.triton_group_min(xm[:300], xm, xn, fused, fused_s)
+group_knn.torch_group_min(xm[:300], xm, xn, plain, plain_s)
+assert torch.isfinite(fused_s).all() and torch.allclose(fused, plain, rtol=1e-5, atol=1e-4)
+assert torch.allclose(fused_s, plain_s, rtol=1e-5, atol=1e-4)
 pts, cpu = x.numpy(), torch.device("cpu")
 same = np.array_equal(group_knn.knn_groups(pts, 16, cpu, fused=True, rows=300),
                       group_knn.knn_groups(pts, 16, cpu, fused=False, rows=300))

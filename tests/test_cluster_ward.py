@@ -84,3 +84,34 @@ def test_knn_graph_ward_close_to_exact_on_structured_data():
     assert ours[-1, 3] == len(x)
     for k, floor in ((30, 0.99), (200, 0.8)):
         assert adjusted_rand_score(cut(ours, [k])[k], cut(exact, [k])[k]) >= floor
+
+
+def _representative_merges(m: int, rng: np.random.Generator, ties: bool) -> tuple[np.ndarray, ...]:
+    """A random hierarchy over m leaves, each merge naming both clusters by their representative leaf
+    (the survivor keeps its own), with heights that may be out of order (inversions) or tied."""
+    alive, a, b = list(range(m)), [], []
+    while len(alive) > 1:
+        i, j = rng.choice(len(alive), 2, replace=False)
+        a.append(alive[i])
+        b.append(alive.pop(j))
+    h = rng.integers(0, 4, m - 1).astype(float) if ties else rng.random(m - 1)
+    return np.array(a), np.array(b), h
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_vectorised_renumbering_equals_the_union_find(ties):
+    """The event-sort renumbering of ``_to_scipy`` gives the union-find's linkage: monotone heights
+    take the vectorised path, inverted ones may fall back, and both end equal."""
+    from cluster_service.cluster.ward import _by_representatives, _to_scipy, _union_find
+
+    rng = np.random.default_rng(7 + ties)
+    fast = 0
+    for _ in range(40):
+        m = int(rng.integers(2, 300))
+        a, b, h = _representative_merges(m, rng, ties)
+        for heights in (np.sort(h), h):  # built bottom-up in height order, then shuffled heights
+            order = np.argsort(heights, kind="stable")
+            want = _union_find(a, b, heights, np.ones(m), order)
+            assert np.array_equal(_to_scipy(a, b, heights, np.ones(m)), want)
+            fast += _by_representatives(a[order], b[order], heights[order], m) is not None
+    assert fast >= 40  # at least every monotone case took the vectorised path

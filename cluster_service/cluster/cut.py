@@ -35,9 +35,9 @@ def cut(linkage: np.ndarray, ks: Iterable[int], weights: np.ndarray | None = Non
     out: dict[int, np.ndarray] = {}
     done = 0
     for k in sorted(ks, reverse=True):
-        for i in range(done, m - k):
-            a, b = int(linkage[i, 0]), int(linkage[i, 1])
-            parent[a] = parent[b] = m + i
+        step = np.arange(done, m - k)
+        parent[linkage[step, 0].astype(np.int64)] = m + step
+        parent[linkage[step, 1].astype(np.int64)] = m + step
         done = m - k
         out[k] = _relabel(_roots(parent, m), w)
     return out

@@ -29,14 +29,15 @@ import torch
 
 #: Columns whose distance minimum the kernel keeps (the [R, N] distances shrink 16× as they are made).
 GROUP = 16
-#: Groups per super-group of the first selection level.
+#: Groups per super-group of the first selection level: the kernel's tile is one super-group wide,
+#: so it writes the super-group minima too (``BLOCK_N`` = GROUP · SUPER).
 SUPER = 16
 #: Groups kept beyond k per query for the exact re-rank (absorb fp16's reordering of near ties).
 RERANK_EXTRA = 16
 #: Query rows per block: the [rows, N/GROUP] fp32 group minima (5.1 GB at 4096 × 5M).
 QUERY_ROWS = 4096
-#: Query rows per exact re-rank chunk (the gathered [rows, kc·GROUP, D] fp32 differences).
-RERANK_ROWS = 256
+#: Query rows per exact re-rank chunk (the gathered [rows, kc·GROUP, D] fp32 rows: 1.7 GB at D = 768).
+RERANK_ROWS = 1024
 #: Columns per torch matmul of ``torch_group_min`` (a multiple of GROUP).
 TORCH_COLS = 65536
 #: The kernel's tile and its K step, the fastest of six on an H200 (probe_knn_tiles.py --configs: 561
@@ -77,40 +78,45 @@ def knn_groups(points: np.ndarray, neighbors: int, device: torch.device, *, fuse
     groups = math.ceil(n / GROUP)
     supers = math.ceil(groups / SUPER)
     minima = torch.full((min(rows, n), supers * SUPER), float("inf"), device=device)
+    super_minima = torch.empty((min(rows, n), supers), device=device)
     out = torch.empty((n, kk), dtype=torch.int64, device=device)
     produce = triton_group_min if fused else torch_group_min
     for lo in range(0, n, rows):
         r = min(rows, n - lo)
-        gm = minima[:r]
-        produce(xm[lo:lo + r], xm, xn, gm)
-        top_super = torch.topk(gm.view(r, supers, SUPER).amin(dim=2), min(kc, supers), dim=1,
-                               largest=False, sorted=False).indices
+        gm, sm = minima[:r], super_minima[:r]
+        produce(xm[lo:lo + r], xm, xn, gm, sm)
+        top_super = torch.topk(sm, min(kc, supers), dim=1, largest=False, sorted=False).indices
         cand = (top_super[:, :, None] * SUPER + torch.arange(SUPER, device=device)).reshape(r, -1)
         pick = torch.topk(torch.gather(gm, 1, cand), min(kc, cand.shape[1]), dim=1, largest=False,
                           sorted=False).indices
         top_groups = torch.gather(cand, 1, pick)
         members = (top_groups[:, :, None] * GROUP + torch.arange(GROUP, device=device)).reshape(r, -1)
-        out[lo:lo + r] = _rerank(x, lo, members, kk)
+        out[lo:lo + r] = _rerank(x, norms, lo, members, kk)
     return out.cpu().numpy()
 
 
-def _rerank(x: torch.Tensor, lo: int, members: torch.Tensor, kk: int) -> torch.Tensor:
-    """The kk of ``members`` nearest rows lo.. of ``x`` by exact fp32 ‖x − y‖², ties by index
-    (columns past the last point, in a final partial group, are never chosen)."""
+def _rerank(x: torch.Tensor, norms: torch.Tensor, lo: int, members: torch.Tensor, kk: int) -> torch.Tensor:
+    """The kk of ``members`` nearest rows lo.. of ``x`` by fp32 ‖x‖² + ‖y‖² − 2·x·y (FAISS's form:
+    one gather and one batched product, a third of the memory traffic of ‖x − y‖²), ties by index;
+    columns past the last point, in a final partial group, are never chosen."""
     n = len(x)
     members = torch.sort(members, dim=1).values  # index order first: the stable sort keeps it in ties
     exact = torch.empty(members.shape, device=x.device)
     for a in range(0, len(members), RERANK_ROWS):
         m = members[a:a + RERANK_ROWS]
-        diff = x[m.clamp(max=n - 1)] - x[lo + a:lo + a + len(m), None, :]
-        exact[a:a + len(m)] = torch.where(m < n, (diff * diff).sum(dim=2), float("inf"))
+        q = lo + a
+        mc = m.clamp(max=n - 1)
+        dot = torch.bmm(x[mc], x[q:q + len(m), :, None])[:, :, 0]
+        dist = norms[mc] + norms[q:q + len(m), None] - 2.0 * dot
+        exact[a:a + len(m)] = torch.where(m < n, dist, float("inf"))
     order = torch.sort(exact, dim=1, stable=True).indices[:, :kk]
     return torch.gather(members, 1, order)
 
 
 def torch_group_min(q: torch.Tensor, x: torch.Tensor, xn: torch.Tensor, out: torch.Tensor,
-                    cols: int = TORCH_COLS) -> None:
-    """out[:, g] = min over the columns j of group g of (‖x_j‖² − 2·q·x_j), as torch matmuls.
+                    super_out: torch.Tensor, cols: int = TORCH_COLS) -> None:
+    """out[:, g] = min over the columns j of group g of (‖x_j‖² − 2·q·x_j), as torch matmuls, and
+    super_out[:, s] = the minimum of super-group s's groups.
 
     The query's own ‖q‖² is left out: it shifts a row's distances alike, so ranks and minima keep
     their order. Padding columns of ``out`` (past the last group) are left as they are (+inf).
@@ -123,19 +129,24 @@ def torch_group_min(q: torch.Tensor, x: torch.Tensor, xn: torch.Tensor, out: tor
         if (e - c) % GROUP:
             dist = torch.nn.functional.pad(dist, (0, GROUP - (e - c) % GROUP), value=float("inf"))
         out[:, c // GROUP:c // GROUP + dist.shape[1] // GROUP] = dist.view(len(q), -1, GROUP).amin(dim=2)
+    super_out[:] = out.view(len(q), -1, SUPER).amin(dim=2)
 
 
-def triton_group_min(q: torch.Tensor, x: torch.Tensor, xn: torch.Tensor, out: torch.Tensor) -> None:
+def triton_group_min(q: torch.Tensor, x: torch.Tensor, xn: torch.Tensor, out: torch.Tensor,
+                     super_out: torch.Tensor) -> None:
     """``torch_group_min`` as one Triton kernel: the distance tile never leaves the chip."""
     import triton
 
+    if BLOCK_N != GROUP * SUPER:
+        raise ValueError(f"the kernel's tile ({BLOCK_N} columns) must be one super-group ({GROUP * SUPER})")
     kernel = _kernel()
     nq, d = q.shape
     n = len(x)
     groups = math.ceil(n / GROUP)
     grid = (triton.cdiv(nq, BLOCK_M), triton.cdiv(n, BLOCK_N))
-    kernel[grid](q, x, xn, out, nq, n, groups, d, q.stride(0), x.stride(0), out.stride(0),
-                 BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, G=GROUP, num_warps=WARPS, num_stages=STAGES)
+    kernel[grid](q, x, xn, out, super_out, nq, n, groups, d, q.stride(0), x.stride(0), out.stride(0),
+                 super_out.stride(0), BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, G=GROUP, num_warps=WARPS,
+                 num_stages=STAGES)
 
 
 _KERNEL = None
@@ -150,7 +161,7 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def group_min(Q, X, XN, OUT, nq, n, groups, d, stride_q, stride_x, stride_o,
+    def group_min(Q, X, XN, OUT, SOUT, nq, n, groups, d, stride_q, stride_x, stride_o, stride_s,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, G: tl.constexpr):
         rm = tl.program_id(0) * BM + tl.arange(0, BM)
         rn = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -172,6 +183,7 @@ def _kernel():
         ro = tl.program_id(1) * (BN // G) + tl.arange(0, BN // G)
         o_ptr = OUT + rm[:, None].to(tl.int64) * stride_o + ro[None, :]
         tl.store(o_ptr, gmin, mask=(rm[:, None] < nq) & (ro[None, :] < groups))
+        tl.store(SOUT + rm.to(tl.int64) * stride_s + tl.program_id(1), tl.min(gmin, axis=1), mask=rm < nq)
 
     _KERNEL = group_min
     return _KERNEL

@@ -100,9 +100,53 @@ def weighted_ward(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def _to_scipy(a: np.ndarray, b: np.ndarray, heights2: np.ndarray, leaf_sizes: np.ndarray) -> np.ndarray:
-    """Sort chain-order merges by height (stable) and renumber clusters the scipy way."""
+    """Sort chain-order merges by height (stable) and renumber clusters the scipy way.
+
+    ``a``/``b`` name each merged cluster by a leaf inside it. Where they name each cluster by its
+    representative (the leaf the cluster keeps through its merges, as the kNN-graph rounds and the
+    dense top do), the cluster a leaf is in at merge i is the node made by that leaf's previous merge:
+    one stable sort of all (leaf, merge) events, vectorised, where a union-find over 5M merges was a
+    20 s Python loop. Any other naming (or a height inversion from rounding that reuses a node) fails
+    the validity check and takes the union-find loop, which gives the same linkage in every case.
+    """
     m = len(a) + 1
     order = np.argsort(heights2, kind="stable")
+    if np.all(np.asarray(leaf_sizes) == 1.0):
+        z = _by_representatives(a[order], b[order], heights2[order], m)
+        if z is not None:
+            return z
+    return _union_find(a, b, heights2, leaf_sizes, order)
+
+
+def _by_representatives(a: np.ndarray, b: np.ndarray, h2: np.ndarray, m: int) -> np.ndarray | None:
+    from scipy.cluster._hierarchy import calculate_cluster_sizes
+
+    steps = m - 1
+    leaf = np.concatenate([a, b]).astype(np.int64)
+    when = np.concatenate([np.arange(steps), np.arange(steps)])
+    ev = np.lexsort((when, leaf))  # by leaf, then merge
+    node = leaf.copy()
+    same = np.zeros(len(ev), dtype=bool)
+    same[1:] = leaf[ev[1:]] == leaf[ev[:-1]]
+    prev = np.empty(len(ev), dtype=np.int64)
+    prev[1:] = when[ev[:-1]]
+    node[ev[same]] = m + prev[same]
+    ca, cb = node[:steps], node[steps:]
+    lo, hi = np.minimum(ca, cb), np.maximum(ca, cb)
+    children = np.concatenate([lo, hi])
+    if (lo == hi).any() or len(np.unique(children)) != 2 * steps or (hi >= m + np.arange(steps)).any():
+        return None
+    z = np.empty((steps, 4), dtype=np.float64)
+    z[:, 0], z[:, 1], z[:, 2] = lo, hi, np.sqrt(h2)
+    sizes = np.zeros(steps, dtype=np.float64)
+    calculate_cluster_sizes(z, sizes, m)
+    z[:, 3] = sizes
+    return z
+
+
+def _union_find(a: np.ndarray, b: np.ndarray, heights2: np.ndarray, leaf_sizes: np.ndarray,
+                order: np.ndarray) -> np.ndarray:
+    m = len(a) + 1
     parent = np.arange(2 * m - 1)
     weight = np.concatenate([leaf_sizes, np.zeros(m - 1)])
 
