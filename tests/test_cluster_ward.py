@@ -111,7 +111,8 @@ def test_vectorised_renumbering_equals_the_union_find(ties):
         a, b, h = _representative_merges(m, rng, ties)
         for heights in (np.sort(h), h):  # built bottom-up in height order, then shuffled heights
             order = np.argsort(heights, kind="stable")
-            want = _union_find(a, b, heights, np.ones(m), order)
-            assert np.array_equal(_to_scipy(a, b, heights, np.ones(m)), want)
-            fast += _by_representatives(a[order], b[order], heights[order], m) is not None
+            sizes = rng.integers(1, 5, m).astype(float)  # weighted leaves (micro-clusters) too
+            want = _union_find(a, b, heights, sizes, order)
+            assert np.array_equal(_to_scipy(a, b, heights, sizes), want)
+            fast += _by_representatives(a[order], b[order], heights[order], sizes) is not None
     assert fast >= 40  # at least every monotone case took the vectorised path

@@ -109,18 +109,13 @@ def _to_scipy(a: np.ndarray, b: np.ndarray, heights2: np.ndarray, leaf_sizes: np
     20 s Python loop. Any other naming (or a height inversion from rounding that reuses a node) fails
     the validity check and takes the union-find loop, which gives the same linkage in every case.
     """
-    m = len(a) + 1
     order = np.argsort(heights2, kind="stable")
-    if np.all(np.asarray(leaf_sizes) == 1.0):
-        z = _by_representatives(a[order], b[order], heights2[order], m)
-        if z is not None:
-            return z
-    return _union_find(a, b, heights2, leaf_sizes, order)
+    z = _by_representatives(a[order], b[order], heights2[order], np.asarray(leaf_sizes, dtype=np.float64))
+    return _union_find(a, b, heights2, leaf_sizes, order) if z is None else z
 
 
-def _by_representatives(a: np.ndarray, b: np.ndarray, h2: np.ndarray, m: int) -> np.ndarray | None:
-    from scipy.cluster._hierarchy import calculate_cluster_sizes
-
+def _by_representatives(a: np.ndarray, b: np.ndarray, h2: np.ndarray, leaf_sizes: np.ndarray) -> np.ndarray | None:
+    m = len(a) + 1
     steps = m - 1
     leaf = np.concatenate([a, b]).astype(np.int64)
     when = np.concatenate([np.arange(steps), np.arange(steps)])
@@ -134,13 +129,14 @@ def _by_representatives(a: np.ndarray, b: np.ndarray, h2: np.ndarray, m: int) ->
     ca, cb = node[:steps], node[steps:]
     lo, hi = np.minimum(ca, cb), np.maximum(ca, cb)
     children = np.concatenate([lo, hi])
-    if (lo == hi).any() or len(np.unique(children)) != 2 * steps or (hi >= m + np.arange(steps)).any():
+    if (hi >= m + np.arange(steps)).any() or (np.bincount(children, minlength=2 * m - 1) > 1).any():
         return None
     z = np.empty((steps, 4), dtype=np.float64)
     z[:, 0], z[:, 1], z[:, 2] = lo, hi, np.sqrt(h2)
-    sizes = np.zeros(steps, dtype=np.float64)
-    calculate_cluster_sizes(z, sizes, m)
-    z[:, 3] = sizes
+    weight = leaf_sizes.tolist() + [0.0] * steps  # a list: a Python loop over it is ~0.2 µs a merge
+    for i, (p, q) in enumerate(zip(lo.tolist(), hi.tolist(), strict=True)):
+        weight[m + i] = weight[p] + weight[q]
+    z[:, 3] = weight[m:]
     return z
 
 
