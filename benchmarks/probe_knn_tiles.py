@@ -12,15 +12,17 @@ a few kernel tiles on one query block (the chosen one is written in ``group_knn`
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from cluster_service.cluster import group_knn
-from cluster_service.cluster.knn import recall
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_io import merge_rows  # noqa: E402
+
+from cluster_service.cluster import group_knn  # noqa: E402
+from cluster_service.cluster.knn import recall  # noqa: E402
 
 DEV = torch.device("cuda")
 
@@ -110,17 +112,16 @@ def main() -> None:
           f"| fused Triton kernel | {t_fused:.1f} | {t_fused / t_mm:.2f} |\n"
           f"fused / baseline {t_fused / t_torch:.2f}; rows equal {same:.6f}; recall@16 {rec:.4f}", flush=True)
     if args.results:
-        rows = json.loads(args.results.read_text())
-        rows["rows"].append({
-            "machine": f"1x {torch.cuda.get_device_name()}", "date": datetime.date.today().isoformat(),
+        merge_rows("cluster_scale", [{
+            "machine": f"1x {torch.cuda.get_device_name()}",
             "n": args.n, "d": args.d, "k": 16, "method": "knn_group_min_probe", "data": "gaussian",
             "device": "cuda", "seconds": round(t_fused, 2), "baseline_seconds": round(t_torch, 2),
             "ratio_vs_baseline": round(t_fused / t_torch, 3), "matmul_only_seconds": round(t_mm, 2),
             "ratio_vs_matmul_only": round(t_fused / t_mm, 3), "rows_equal_baseline": same,
             "recall_at_16": rec,
             "note": "probe_knn_tiles.py: fused Triton distance + group-minimum kernel vs the same "
-                    "selection over torch fp16 matmuls (baseline) and the bare fp16 matmuls, same run"})
-        args.results.write_text(json.dumps(rows, indent=1) + "\n")
+                    "selection over torch fp16 matmuls (baseline) and the bare fp16 matmuls, same run"}],
+            ("n", "d", "k", "method", "data", "device"), args.results)
 
 
 if __name__ == "__main__":
