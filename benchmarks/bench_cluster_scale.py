@@ -41,7 +41,8 @@ from results_io import merge_rows  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "cluster_scale.json"
 MACHINE = "2-core CPU box"
-IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device", "probes")
+IDENTITY = ("machine", "n", "d", "k", "m", "method", "data", "parallel", "device", "probes", "partitions",
+            "refine")
 #: How the default rule built the leaves of the tree (see cluster.params.ApproxParams.leaves).
 LEAVES = {True: "tokens (kNN-graph Ward, then dense Ward)", False: "k-means micro-clusters (then dense Ward)"}
 
@@ -406,14 +407,71 @@ def knn(args: argparse.Namespace) -> None:
                      "seconds": round(t_exact, 1), "seconds_at_n": round(t_exact * (n / args.exact_n) ** 2, 0),
                      "note": f"FAISS flat search over the first {args.exact_n} points; seconds_at_n: N² from it"})
         print(json.dumps(rows[-1]), flush=True)
-        for probes in args.probes:
+        for search in args.searches:
             t0 = time.perf_counter()
-            found = cell_knn(x, args.k + 1, probes=probes)
+            found = cell_knn(x, args.k + 1, **search)
             secs = time.perf_counter() - t0
-            rows.append({**base, "machine": args.machine, "method": "knn_cell", "probes": probes,
+            rows.append({**base, "machine": args.machine, "method": "knn_cell", **search,
                          "seconds": round(secs, 1), "recall": round(recall(x, found, args.k, args.queries), 4),
                          "speedup_vs_exact": round(rows[0]["seconds_at_n"] / secs, 1),
-                         "note": "recall vs float64 brute force on the sampled queries"})
+                         "note": "layouts x probes + refinement rounds; recall vs float64 brute force on the "
+                                 "sampled queries"})
+            print(json.dumps(rows[-1]), flush=True)
+    save_rows(rows, args.results)
+
+
+def searches(text: str) -> list[dict[str, int]]:
+    """'4x4+1,1x16+0' → cell searches: layouts × probes + refinement rounds."""
+    out = []
+    for part in text.split(","):
+        layouts, rest = part.split("x")
+        probes, refine = rest.split("+") if "+" in rest else (rest, "0")
+        out.append({"partitions": int(layouts), "probes": int(probes), "refine": int(refine)})
+    return out
+
+
+def knn_quality(args: argparse.Namespace) -> None:
+    """What the kNN search's recall does to the tree: every-token-a-leaf trees over the same real
+    tokens with each cell search, against the tree whose every graph was searched exactly."""
+    import dataclasses
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from cluster_service.cluster.approx import ward_tree
+    from cluster_service.cluster.backend import FaissBackend
+    from cluster_service.cluster.checkpoint import NoCheckpoint
+    from cluster_service.cluster.knn import cell_knn, recall
+    from cluster_service.cluster.params import ApproxParams
+    from cluster_service.cluster.quality import within_sse
+    from cluster_service.cluster.source import ArraySource
+
+    x = load_layers(args.run, args.layers, args.limit)
+    n = len(x)
+    exact = ApproxParams(micro=n, knn_exact_max=n)
+    variants = [("exact", exact)] + [
+        (f"{s['partitions']}x{s['probes']}+{s['refine']}",
+         dataclasses.replace(exact, knn_exact_max=ApproxParams().knn_exact_max, knn_probes=s["probes"],
+                             knn_partitions=s["partitions"], knn_refine=s["refine"])) for s in args.searches]
+    trees, rows = {}, []
+    centred = x - x.mean(axis=0)
+    for name, params in variants:
+        t0 = time.perf_counter()
+        trees[name] = ward_tree(ArraySource(x), args.ks, params, FaissBackend(), NoCheckpoint(), where=name)
+        secs = time.perf_counter() - t0
+        rec = 1.0 if name == "exact" else recall(centred, cell_knn(
+            centred, 17, probes=params.knn_probes, partitions=params.knn_partitions, refine=params.knn_refine,
+            seed=params.seed), 16, args.queries)
+        print(f"{name}: tree {secs:.1f} s, first-graph recall@16 {rec:.4f}", file=sys.stderr, flush=True)
+        for k in args.ks:
+            a = trees[name].assignments(k)
+            ref = trees["exact"].assignments(k)
+            rows.append({"machine": args.machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": int(x.shape[1]),
+                         "k": k, "m": n, "method": f"approx_ward_knn_{name}", "data": data_name(args, n),
+                         "seconds": round(secs, 1), "knn_recall_at_16": round(rec, 4),
+                         "ari_vs_exact_knn": round(float(adjusted_rand_score(ref, a)), 4),
+                         "sse_ratio_vs_exact_knn": round(within_sse(x, a) / within_sse(x, ref), 5),
+                         "note": "every token a leaf; the kNN graphs searched exactly (reference) or by the cell "
+                                 "search named in method; recall of the first graph's search"})
             print(json.dumps(rows[-1]), flush=True)
     save_rows(rows, args.results)
 
@@ -448,7 +506,8 @@ def main() -> None:
                    "--pooling last` (seeded uniform sample of the WordNet demo sentences, 29,607 words); "
                    "--evaluate draws a seeded 20K-token sample from it")
     for name, helptext in (("scale", "k-means-leaf trees at each M vs every token a leaf, on real tokens"),
-                           ("knn", "recall and time of the kNN searches on real tokens")):
+                           ("knn", "recall and time of the kNN searches on real tokens"),
+                           ("knn_quality", "every-token trees with each cell search vs exact kNN graphs")):
         r = sub.add_parser(name, help=helptext)
         r.add_argument("--run", required=True, help="a run store with extracted layers")
         r.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[6],
@@ -461,14 +520,16 @@ def main() -> None:
         r.add_argument("--device", choices=["cpu", "cuda", "torch-cpu"], default="cpu")
         if name == "scale":
             r.add_argument("--ms", type=lambda s: [int(x) for x in s.split(",")], default=[8192, 32768, 131072])
+        if name != "knn":
             r.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[600, 200, 50])
-        else:
+        if name != "scale":
             r.add_argument("--k", type=int, default=16)
-            r.add_argument("--probes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32])
+            r.add_argument("--searches", type=searches, default=searches("1x16+0,4x4+0,4x4+1"),
+                           help="cell searches, LAYOUTSxPROBES+REFINE comma-separated (default 1x16+0,4x4+0,4x4+1)")
             r.add_argument("--queries", type=int, default=2000)
             r.add_argument("--exact-n", type=int, default=50_000, help="points of the timed exact baseline")
     args = p.parse_args()
-    {"timing": timing, "quality": quality, "scale": scale, "knn": knn}[args.what](args)
+    {"timing": timing, "quality": quality, "scale": scale, "knn": knn, "knn_quality": knn_quality}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from cluster_service.cluster.backend import FaissBackend, TorchBackend
 from cluster_service.cluster.cut import cut
 from cluster_service.cluster.graph import hybrid_ward
 from cluster_service.cluster.group_knn import knn_groups
-from cluster_service.cluster.knn import cell_knn, exact_knn, recall
+from cluster_service.cluster.knn import cell_knn, exact_knn, recall, refine_knn
 from cluster_service.cluster.params import ApproxParams
 
 pytestmark = pytest.mark.unit
@@ -32,15 +32,44 @@ def mixture(n: int, d: int = 16, centres: int = 60, seed: int = 0, spread: float
 def test_cell_knn_recall_grows_with_probes_and_is_deterministic():
     x = mixture(20_000)
     x -= x.mean(axis=0)
-    got = {p: cell_knn(x, 17, cell_size=250, probes=p) for p in (1, 4, 16)}
+    got = {p: cell_knn(x, 17, cell_size=250, probes=p, partitions=1, refine=0) for p in (1, 4, 16)}
     rec = {p: recall(x, nb, 16, queries=1000) for p, nb in got.items()}
     assert rec[1] < rec[4] < rec[16]
     assert rec[16] >= 0.95
-    assert np.array_equal(got[16], cell_knn(x, 17, cell_size=250, probes=16))
+    assert np.array_equal(got[16], cell_knn(x, 17, cell_size=250, probes=16, partitions=1, refine=0))
     assert np.array_equal(got[16][:, 0], np.arange(len(x)))  # every point finds itself first
     # probing every cell is exact search
-    full = cell_knn(x[:3000], 17, cell_size=250, probes=12)
+    full = cell_knn(x[:3000], 17, cell_size=250, probes=12, partitions=1, refine=0)
     assert recall(x[:3000], full, 16, queries=3000) == 1.0
+
+
+def test_cell_layouts_and_refinement_raise_recall_deterministically():
+    """Independent layouts miss different neighbours: 4 layouts of 2 probes beat one, refinement
+    adds more, and the whole search repeats bit for bit. (On real vectors 4 layouts also beat one
+    layout of 4× the probes: bench_cluster_scale.py knn; Gaussian blobs do not show that.)"""
+    x = mixture(20_000)
+    x -= x.mean(axis=0)
+    one = recall(x, cell_knn(x, 17, cell_size=250, probes=2, partitions=1, refine=0), 16, queries=1000)
+    layouts = recall(x, cell_knn(x, 17, cell_size=250, probes=2, partitions=4, refine=0), 16, queries=1000)
+    both = cell_knn(x, 17, cell_size=250, probes=2, partitions=4, refine=1)
+    refined = recall(x, both, 16, queries=1000)
+    assert one < layouts < refined, (one, layouts, refined)
+    assert np.array_equal(both, cell_knn(x, 17, cell_size=250, probes=2, partitions=4, refine=1))
+    assert np.array_equal(both[:, 0], np.arange(len(x)))
+    assert (both >= 0).all() and all(len(set(r)) == 17 for r in both[:500].tolist())  # distinct neighbours
+
+
+def test_refinement_repairs_scattered_misses():
+    x = mixture(5000, d=24, seed=8)
+    truth = exact_knn(x, 17)
+    rng = np.random.default_rng(0)
+    broken = truth.copy()
+    wrong = rng.random(broken.shape) < 0.3
+    wrong[:, 0] = False
+    broken[wrong] = -1  # missing entries, as a search that found too few leaves them
+    before = recall(x, broken, 16, queries=2000)
+    after = recall(x, refine_knn(x, broken, 2), 16, queries=2000)
+    assert before < 0.75 and after > 0.9, (before, after)
 
 
 def test_recall_counts_missing_neighbours():

@@ -136,7 +136,8 @@ def _link(part: MicroPartition, params: ApproxParams, exact: bool, backend: Clus
     if not exact:
         key = {**key, "dense_max": params.dense_max, "neighbors": params.neighbors}
         if len(part.sizes) > max(params.dense_max, params.knn_exact_max):  # smaller: exact kNN, keys as before
-            key["knn"] = {"exact_max": params.knn_exact_max, "probes": params.knn_probes}
+            key["knn"] = {"exact_max": params.knn_exact_max, "probes": params.knn_probes,
+                          "partitions": params.knn_partitions, "refine": params.knn_refine}
     if ckpt.have("linkage.npy", key):
         return ckpt.load("linkage.npy"), key
     t0 = time.perf_counter()

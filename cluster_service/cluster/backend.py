@@ -50,9 +50,10 @@ class ClusterBackend(Protocol):
     #: Above that, at most this many k-means leaves by default (assignment costs N·M·D).
     micro_cap: int
 
-    def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
+    def knn(self, points: np.ndarray, neighbors: int, search: dict[str, int] | None = None) -> np.ndarray:
         """Indices [n, min(neighbors+1, n)] of each point's nearest points (itself usually first);
-        ``probes`` > 0 allows a cell-probed search (``knn.cell_knn``) where exact search is too dear."""
+        ``search`` (``ApproxParams.knn_search_for``) allows the cell search (``knn.cell_knn``) where
+        exact search is too dear; a backend whose exact search is affordable ignores it."""
         ...
 
 
@@ -77,10 +78,10 @@ class FaissBackend:
         return assign_all(source, centroids, where=where, use_ray=self.uses_ray, workers=self.workers,
                           progress=progress)
 
-    def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
+    def knn(self, points: np.ndarray, neighbors: int, search: dict[str, int] | None = None) -> np.ndarray:
         x = np.ascontiguousarray(points, dtype=np.float32)
         kk = min(neighbors + 1, len(x))
-        return cell_knn(x, kk, probes=probes, seed=seed) if probes else exact_knn(x, kk)
+        return cell_knn(x, kk, **search) if search else exact_knn(x, kk)
 
 
 class TorchBackend:
@@ -105,7 +106,7 @@ class TorchBackend:
 
         return assign_all_torch(source, centroids, where=where, device=self.device, progress=progress)
 
-    def knn(self, points: np.ndarray, neighbors: int, probes: int = 0, seed: int = 0) -> np.ndarray:
+    def knn(self, points: np.ndarray, neighbors: int, search: dict[str, int] | None = None) -> np.ndarray:
         """Always exact (tiled brute force): on a GPU that is affordable to 5M points."""
         from .group_knn import knn_groups
 

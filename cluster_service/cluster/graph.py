@@ -38,16 +38,16 @@ _EDGE_CHUNK = 1 << 16
 _ROW_CHUNK = 1 << 16
 
 
-def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend, probes: int = 0,
-              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend,
+              search: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Undirected kNN edges (u < v, unique) by the backend's neighbour search."""
-    u, v = _edges(points, neighbors, backend, torch.device("cpu"), probes, seed)
+    u, v = _edges(points, neighbors, backend, torch.device("cpu"), search)
     return u.numpy(), v.numpy()
 
 
 def _edges(points: np.ndarray, neighbors: int, backend: ClusterBackend, device: torch.device,
-           probes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    nbr = torch.from_numpy(np.ascontiguousarray(backend.knn(points, neighbors, probes, seed))).to(device)
+           search: dict[str, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    nbr = torch.from_numpy(np.ascontiguousarray(backend.knn(points, neighbors, search))).to(device)
     n = len(points)
     src = torch.arange(n, device=device).repeat_interleave(nbr.shape[1])
     dst = nbr.reshape(-1)
@@ -194,7 +194,7 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, 
     while len(rep) > dense_max:
         t0 = time.perf_counter()
         means = _means32(sums, size)
-        u, v = _edges(means, params.neighbors, backend, dev, params.knn_probes_for(len(rep)), params.seed)
+        u, v = _edges(means, params.neighbors, backend, dev, params.knn_search_for(len(rep)))
         t1 = time.perf_counter()
         keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2),
                                      torch.from_numpy(means).to(dev))  # on the CPU, the same memory

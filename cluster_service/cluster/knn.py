@@ -29,14 +29,28 @@ def exact_knn(x: np.ndarray, kk: int) -> np.ndarray:
     return index.search(x, kk)[1]
 
 
-def cell_knn(x: np.ndarray, kk: int, *, cell_size: int = 1000, probes: int = 24, seed: int = 0,
-             kmeans_iters: int = 10) -> np.ndarray:
-    """Indices [n, kk] of each row's kk nearest rows among its probed cells (itself first).
+def cell_knn(x: np.ndarray, kk: int, *, cell_size: int = 1000, probes: int = 4, partitions: int = 4,
+             refine: int = 1, seed: int = 0, kmeans_iters: int = 10) -> np.ndarray:
+    """Indices [n, kk] of each row's kk nearest rows found in its probed cells (itself first), over
+    ``partitions`` independent cell layouts, then ``refine`` rounds of ``refine_knn``.
 
+    One layout misses the neighbours across its cell boundaries, and probing more of its cells finds
+    them slowly: on 280K real MiniLM vectors, 16 probes reached recall@16 0.91, while layouts drawn
+    with other seeds put their boundaries elsewhere (4 layouts × 4 probes: 0.954 for about the same
+    work; one refinement round then 0.968). The layouts' candidates are merged by exact distance.
     ``x``: float32 [n, D], best centred (‖x‖² + ‖y‖² − 2·x·y loses precision far from the origin).
-    Rows whose probed cells hold fewer than kk points get −1 in the missing places.
+    Rows whose candidates hold fewer than kk points get −1 in the missing places.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
+    found = None
+    for layout in range(partitions):
+        nb = _cell_search(x, kk, cell_size, probes, seed + layout, kmeans_iters)
+        found = nb if found is None else _nearest_of(x, np.concatenate([found, nb], axis=1), kk)
+    return refine_knn(x, found, refine) if refine else found
+
+
+def _cell_search(x: np.ndarray, kk: int, cell_size: int, probes: int, seed: int, kmeans_iters: int) -> np.ndarray:
+    """One cell layout: seeded k-means cells, each cell's queries against its ``probes`` nearest cells."""
     n = len(x)
     cells = max(1, min(n // max(kk, 1), round(n / cell_size)))
     probes = min(probes, cells)
@@ -88,3 +102,60 @@ def recall(x: np.ndarray, found: np.ndarray, k: int, queries: int = 2000, seed: 
         truth = np.argpartition(d, k, axis=1)[:, :k]
         hits += sum(len(set(t.tolist()) & set(found[r].tolist())) for t, r in zip(truth, rows, strict=True))
     return hits / (len(q) * k)
+
+
+#: Neighbours of each neighbour searched per refinement round (all 17 cost 2.7× for +0.005 recall).
+REFINE_FANOUT = 6
+#: Rows per block of a refinement round.
+REFINE_ROWS = 65536
+
+
+def refine_knn(x: np.ndarray, nbr: np.ndarray, rounds: int = 1, fanout: int = REFINE_FANOUT) -> np.ndarray:
+    """Neighbour-of-neighbour refinement (one step of NN-descent per round) of an approximate kNN table.
+
+    A true neighbour missed by one search is often a neighbour of a neighbour it found, so each
+    round searches every point's neighbours and the first ``fanout`` neighbours of each of them and
+    keeps the nearest kk. Work is N·kk·(1 + fanout)·D per round. It helps once the misses are spread
+    out (after several cell layouts: 0.954 → 0.968 on 280K real vectors), not after one layout, whose
+    misses all lie across the same boundaries (0.79 → 0.81).
+    """
+    import torch
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = (torch.from_numpy(x) ** 2).sum(dim=1)
+    nb = np.ascontiguousarray(nbr, dtype=np.int64)
+    n, kk = nb.shape
+    fan = min(fanout, kk)
+    for _ in range(rounds):
+        own = np.where(nb < 0, np.arange(n)[:, None], nb)  # a missing entry: the point itself, a duplicate
+        head = np.ascontiguousarray(own[:, :fan])
+        out = np.empty_like(nb)
+        for lo in range(0, n, REFINE_ROWS):  # blocks: the [rows, kk·(1 + fanout)] candidates stay small
+            mine = own[lo:lo + REFINE_ROWS]
+            cand = np.concatenate([mine, head[mine].reshape(len(mine), -1)], axis=1)
+            out[lo:lo + len(mine)] = _nearest_of(x, cand, kk, row0=lo, norms=norms)
+        nb = out
+    return nb
+
+
+def _nearest_of(x: np.ndarray, cand: np.ndarray, kk: int, row0: int = 0, norms=None, block: int = 4096) -> np.ndarray:
+    """The kk nearest distinct candidates of rows row0.. of ``x`` (fp32 ‖y‖² − 2·x·y, ties by index),
+    −1 where a row has fewer; a gather and a batched product per block of rows (torch: multi-threaded)."""
+    import torch
+
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if norms is None:
+        norms = (xt * xt).sum(dim=1)
+    cand_t = torch.from_numpy(np.ascontiguousarray(cand, dtype=np.int64))
+    out = torch.empty((len(cand_t), kk), dtype=torch.int64)
+    for lo in range(0, len(cand_t), block):
+        c = torch.sort(cand_t[lo:lo + block], dim=1).values  # index order: ties keep it
+        rows = torch.arange(row0 + lo, row0 + lo + len(c))
+        dup = torch.zeros(c.shape, dtype=torch.bool)
+        dup[:, 1:] = c[:, 1:] == c[:, :-1]
+        safe = c.clamp(min=0)
+        dist = norms[safe] - 2.0 * torch.bmm(xt[safe], xt[rows, :, None])[:, :, 0]
+        dist = torch.where(dup | (c < 0), float("inf"), dist)
+        best, pick = torch.sort(dist, dim=1, stable=True)
+        out[lo:lo + len(c)] = torch.where(torch.isinf(best[:, :kk]), -1, torch.gather(c, 1, pick[:, :kk]))
+    return out.numpy()
