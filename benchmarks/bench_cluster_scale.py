@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -354,6 +355,8 @@ def scale(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         tree = ward_tree(ArraySource(x), args.ks, ApproxParams(micro=m), backend, NoCheckpoint(), where=f"m={m}")
         trees[m] = (tree, time.perf_counter() - t0)
+        if m == n:  # the process's peak so far: the tokens plus the every-token tree
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"m={m}: {trees[m][1]:.1f} s", file=sys.stderr, flush=True)
     ref, _ = trees[n]
     sse_ref = {k: within_sse(x, ref.assignments(k)) for k in args.ks}
@@ -364,6 +367,7 @@ def scale(args: argparse.Namespace) -> None:
             row = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "n": n, "d": int(x.shape[1]), "k": k,
                    "m": m, "method": "approx_ward", "data": data_name(args, n), "device": backend.name,
                    "leaves": LEAVES[m == n], "seconds": round(secs, 1),
+                   **({"peak_rss_gib": round(peak, 2)} if m == n else {}),
                    "ari_vs_every_token": round(float(adjusted_rand_score(ref.assignments(k), a)), 4),
                    "sse_ratio_vs_every_token": round(within_sse(x, a) / sse_ref[k], 4),
                    "note": "seconds: this tree alone (all K) in one process; every-token tree = the m = n row"}
@@ -432,7 +436,8 @@ def searches(text: str) -> list[dict[str, int]]:
 
 def knn_quality(args: argparse.Namespace) -> None:
     """What the kNN search's recall does to the tree: every-token-a-leaf trees over the same real
-    tokens with each cell search, against the tree whose every graph was searched exactly."""
+    tokens with each cell search at every graph level, against the tree whose every graph was
+    searched exactly."""
     import dataclasses
 
     from sklearn.metrics import adjusted_rand_score
@@ -450,7 +455,7 @@ def knn_quality(args: argparse.Namespace) -> None:
     exact = ApproxParams(micro=n, knn_exact_max=n)
     variants = [("exact", exact)] + [
         (f"{s['partitions']}x{s['probes']}+{s['refine']}",
-         dataclasses.replace(exact, knn_exact_max=ApproxParams().knn_exact_max, knn_probes=s["probes"],
+         dataclasses.replace(exact, knn_exact_max=exact.dense_max, knn_probes=s["probes"],
                              knn_partitions=s["partitions"], knn_refine=s["refine"])) for s in args.searches]
     trees, rows = {}, []
     centred = x - x.mean(axis=0)
@@ -519,7 +524,8 @@ def main() -> None:
         r.add_argument("--results", type=Path, default=RESULTS)
         r.add_argument("--device", choices=["cpu", "cuda", "torch-cpu"], default="cpu")
         if name == "scale":
-            r.add_argument("--ms", type=lambda s: [int(x) for x in s.split(",")], default=[8192, 32768, 131072])
+            r.add_argument("--ms", type=lambda s: [int(x) for x in s.split(",") if x], default=[8192, 32768, 131072],
+                           help="k-means leaf counts to compare ('': only the every-token tree, timed)")
         if name != "knn":
             r.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[600, 200, 50])
         if name != "scale":

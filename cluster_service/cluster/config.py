@@ -37,7 +37,8 @@ class ClusterConfig:
     neighbors: PositiveInt = APPROX.neighbors
     """Neighbours per leaf in the kNN graph of kNN-graph Ward (more: closer to exact, slower)."""
     knn_exact_max: PositiveInt = APPROX.knn_exact_max
-    """On the CPU the kNN search is exact up to this many leaves (N²·D), cell-probed above (N·D)."""
+    """On the CPU the kNN search is exact up to this many leaves (N²·D), the cell search above (N·D):
+    they cost the same near 160K on 2 cores."""
     knn_probes: PositiveInt = APPROX.knn_probes
     """Cells of ~1000 leaves each query reads in each cell layout of the CPU's kNN search (time grows
     linearly with it)."""
