@@ -18,6 +18,7 @@ by `cluster-service extract` (all-MiniLM-L6-v2, layer 6, last-subword pooling, W
     python benchmarks/bench_cluster_scale.py quality --run RUN --layer 6 --n 20000
     python benchmarks/bench_cluster_scale.py scale --run RUN --layers 3,4,5,6 --device cuda
     python benchmarks/bench_cluster_scale.py knn --run RUN --layers 6 --probes 8,16,32
+    python benchmarks/bench_cluster_scale.py exact --device cuda --n 1000000 --d 768
 """
 
 from __future__ import annotations
@@ -323,8 +324,18 @@ def load_layers(run: str, layers: list[int], limit: int = 0) -> np.ndarray:
     import zarr
 
     group = zarr.open_group(str(Path(run) / "activations.zarr"), mode="r")
-    x = np.concatenate([np.asarray(group[f"layer_{layer}"][:], dtype=np.float32) for layer in layers])
-    return x[:limit] if limit else x
+    arrays = [group[f"layer_{layer}"] for layer in layers]
+    n = sum(a.shape[0] for a in arrays)
+    n = min(n, limit) if limit else n
+    x = np.empty((n, arrays[0].shape[1]), dtype=np.float32)  # filled in place: no stacked temporaries
+    at = 0
+    for a in arrays:
+        take = min(a.shape[0], n - at)
+        for lo in range(0, take, 1 << 16):
+            hi = min(take, lo + (1 << 16))
+            x[at + lo:at + hi] = a[lo:hi]
+        at += take
+    return x
 
 
 def data_name(args: argparse.Namespace, n: int) -> str:
@@ -344,7 +355,9 @@ def scale(args: argparse.Namespace) -> None:
     from cluster_service.cluster.params import ApproxParams
     from cluster_service.cluster.quality import within_sse
     from cluster_service.cluster.source import ArraySource
+    from cluster_service.logs import setup_logging
 
+    setup_logging()  # each graph level's kNN and rounds seconds, as they come
     x = load_layers(args.run, args.layers, args.limit)
     n = len(x)
     backend = resolve_backend(args.device)
@@ -481,6 +494,90 @@ def knn_quality(args: argparse.Namespace) -> None:
     save_rows(rows, args.results)
 
 
+def exact_scale(args: argparse.Namespace) -> None:
+    """Exact Ward at scale (``rnn_ward``): checked against fastcluster on a sample (and timed against
+    it there), then over all n tokens, and the approximate trees on the same tokens against it."""
+    import fastcluster
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+
+    from cluster_service.cluster.approx import ward_tree
+    from cluster_service.cluster.backend import resolve_backend
+    from cluster_service.cluster.checkpoint import NoCheckpoint
+    from cluster_service.cluster.cut import cut
+    from cluster_service.cluster.params import ApproxParams
+    from cluster_service.cluster.quality import within_sse
+    from cluster_service.cluster.rnn_ward import rnn_ward
+    from cluster_service.cluster.source import ArraySource
+    from cluster_service.logs import setup_logging
+
+    setup_logging()  # the rounds' progress, as it comes
+    backend = resolve_backend(args.device)
+    dev = backend.device
+    if args.run:
+        x = load_layers(args.run, args.layers, args.n)
+        data = data_name(args, len(x))
+    else:
+        gen = torch.Generator(device=dev).manual_seed(0)
+        mus = torch.randn((2000, args.d), generator=gen, device=dev) * 2.0
+        which = torch.randint(0, 2000, (args.n,), generator=gen, device=dev)
+        x = (mus[which] + torch.randn((args.n, args.d), generator=gen, device=dev)).cpu().numpy()
+        data = "synthetic: 2000-centre Gaussian mixture (centres N(0, 4·I), unit noise)"
+    n, d = x.shape
+    machine = f"1x {torch.cuda.get_device_name(0)}" if dev.type == "cuda" else args.machine
+    base = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "d": d, "device": backend.name, "data": data}
+    rows = []
+    c = min(args.check_n, n)
+    t0 = time.perf_counter()
+    ours = rnn_ward(x[:c], dev, dense_max=max(2, c // 10))
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ref = fastcluster.linkage(x[:c].astype(np.float64), method="ward", preserve_input=False)
+    t_ref = time.perf_counter() - t0
+    ks = [k for k in args.ks if k < c]
+    cuts_ours, cuts_ref = cut(ours, ks), cut(ref, ks)
+    check = {"n": c, "max_rel_height_diff": float(np.max(np.abs(ours[:, 2] - ref[:, 2])) / ref[-1, 2]),
+             "ari_vs_fastcluster": {str(k): round(float(adjusted_rand_score(cuts_ours[k], cuts_ref[k])), 6)
+                                    for k in ks},
+             "seconds": round(t_ours, 2), "fastcluster_seconds": round(t_ref, 2)}
+    print(f"check at {c}: {json.dumps(check)}", file=sys.stderr, flush=True)
+    rows.append({**base, "n": c, "k": None, "m": c, "method": "exact_ward_rnn_check", "seconds": round(t_ours, 2),
+                 "fastcluster_seconds": round(t_ref, 2), "speedup_vs_fastcluster": round(t_ref / t_ours, 2),
+                 "max_rel_height_diff": check["max_rel_height_diff"], "ari_vs_fastcluster": check["ari_vs_fastcluster"],
+                 "note": "exact Ward by RNN rounds vs fastcluster.linkage (float64, one CPU thread) on the "
+                         "first n tokens"})
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    exact = rnn_ward(x, dev)
+    t_exact = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    print(f"exact Ward over {n}: {t_exact:.1f} s, GPU peak {peak} GiB", file=sys.stderr, flush=True)
+    ref_cuts = cut(exact, args.ks)
+    sse_ref = {k: within_sse(x, ref_cuts[k]) for k in args.ks}
+    for k in args.ks:
+        rows.append({**base, "n": n, "k": k, "m": n, "method": "exact_ward_rnn", "seconds": round(t_exact, 1),
+                     **({"gpu_mem_peak_gib": round(peak, 2)} if peak is not None else {}),
+                     "sse": round(sse_ref[k], 1),
+                     "note": "exact Ward on every token (RNN rounds, float64 brute force)"})
+    for m in [n, *args.ms]:
+        t0 = time.perf_counter()
+        tree = ward_tree(ArraySource(x), args.ks, ApproxParams(micro=m), backend, NoCheckpoint(), where=f"m={m}")
+        secs = time.perf_counter() - t0
+        for k in args.ks:
+            a = tree.assignments(k)
+            rows.append({**base, "n": n, "k": k, "m": m, "method": "approx_ward", "leaves": LEAVES[m == n],
+                         "seconds": round(secs, 1), "seconds_exact": round(t_exact, 1),
+                         "ari_vs_exact": round(float(adjusted_rand_score(ref_cuts[k], a)), 4),
+                         "sse_ratio_vs_exact": round(within_sse(x, a) / sse_ref[k], 5),
+                         "note": "the approximate tree against exact Ward on the same tokens"})
+        print(f"m={m}: {secs:.1f} s; " + ", ".join(f"K={r['k']} ARI {r['ari_vs_exact']} SSE x{r['sse_ratio_vs_exact']}"
+                                              for r in rows[-len(args.ks):]), file=sys.stderr, flush=True)
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    save_rows(rows, args.results)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -534,8 +631,25 @@ def main() -> None:
                            help="cell searches, LAYOUTSxPROBES+REFINE comma-separated (default 1x16+0,4x4+0,4x4+1)")
             r.add_argument("--queries", type=int, default=2000)
             r.add_argument("--exact-n", type=int, default=50_000, help="points of the timed exact baseline")
+    e = sub.add_parser("exact", help="exact Ward at scale (RNN rounds on a GPU) vs fastcluster and the "
+                       "approximate trees")
+    e.add_argument("--n", type=int, default=1_000_000, help="tokens (synthetic, or the first n stacked of --run)")
+    e.add_argument("--d", type=int, default=768, help="dimension of the synthetic vectors")
+    e.add_argument("--run", default="", help="a run store with extracted layers ('': synthetic mixture)")
+    e.add_argument("--layers", type=lambda s: [int(x) for x in s.split(",")], default=[6])
+    e.add_argument("--model", default="all-MiniLM-L6-v2")
+    e.add_argument("--corpus", default="the WordNet demo corpus, all 42,508 sentences")
+    e.add_argument("--check-n", type=int, default=10_000, help="tokens of the check against fastcluster")
+    e.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=[600, 200, 50])
+    e.add_argument("--ms", type=lambda s: [int(x) for x in s.split(",") if x], default=[131072],
+                   help="k-means leaf counts whose trees are compared too (after the every-token tree)")
+    e.add_argument("--device", choices=["cpu", "cuda", "torch-cpu"], default="cuda")
+    e.add_argument("--machine", default=MACHINE)
+    e.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
-    {"timing": timing, "quality": quality, "scale": scale, "knn": knn, "knn_quality": knn_quality}[args.what](args)
+    modes = {"exact": exact_scale, "timing": timing, "quality": quality, "scale": scale, "knn": knn,
+             "knn_quality": knn_quality}
+    modes[args.what](args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # .gpucarry/ carried along: the packaged MiniLM as float16 safetensors (no weights can be downloaded
 # there), the demo corpus's ingested tables, and the wheels of zarr & co. (FAISS and Ray stay behind:
 # the torch path needs neither, and the model plus Ray would not fit the 64 MiB that may travel).
-#   bash benchmarks/gpu_cluster.sh STEP...   (steps: extract, knn, scale, timing1m, timing5m)
+# Build .gpucarry/ with benchmarks/make_gpucarry.sh first.
+#   bash benchmarks/gpu_cluster.sh STEP...   (steps: extract, knn, scale, timing1m, timing5m, exact, exact_real)
 # Logs and result JSON land in $OUT.
 set -u
 out=${OUT:-/tmp/out}
@@ -33,6 +34,12 @@ for step in "$@"; do
       n=1000000; [ $step = timing5m ] && n=5000000
       timeout ${TIMING_S:-540} python3 benchmarks/bench_cluster_scale.py timing --device cuda --ns $n --methods approx \
         --cleanup --workdir /tmp/cluster_bench --results "$results" > "$out/$step.log" 2>&1 ;;
+    exact)  # exact Ward over 1M synthetic x 768 (N=${EXACT_N:-1000000}), checked against fastcluster on 10K
+      timeout ${EXACT_S:-560} python3 benchmarks/bench_cluster_scale.py exact --device cuda --n ${EXACT_N:-1000000} \
+        --d 768 --results "$results" > "$out/exact.log" 2>&1 ;;
+    exact_real)  # the same over the first 1M real MiniLM tokens of layers 3-6 stacked (after extract)
+      timeout ${EXACT_S:-560} python3 benchmarks/bench_cluster_scale.py exact --device cuda --run $run \
+        --layers 3,4,5,6 --n ${EXACT_N:-1000000} --results "$results" > "$out/exact_real.log" 2>&1 ;;
   esac
   echo "$step rc=$?" >> "$out/rc.txt"
 done

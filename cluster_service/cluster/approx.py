@@ -4,7 +4,8 @@ Leaves: the tokens themselves up to ``graph_max`` tokens (100K on the CPU, 5M on
 for exact Ward), else M
 micro-clusters (seeded sample → k-means → every token assigned, shard by shard). Tree: size-weighted
 Ward over the leaves, kNN-graph Ward at the bottom while there are more than ``dense_max`` clusters,
-dense (exact) Ward above; exact Ward is fastcluster on the tokens. Then cut at each K.
+dense (exact) Ward above; exact Ward is the backend's on the tokens (fastcluster on the CPU,
+reciprocal-nearest-neighbour rounds with brute-force neighbours on a GPU). Then cut at each K.
 
 The stage runs it on a layer of the run store with the store as checkpoint (a rerun skips every
 step whose settings key is unchanged); the quality report and the tests run it on an array in memory
@@ -24,7 +25,6 @@ from ..logs import log_event
 from .backend import ClusterBackend, FaissBackend
 from .checkpoint import Checkpoint, NoCheckpoint
 from .cut import check_k, cut
-from .exact import exact_ward
 from .graph import hybrid_ward
 from .micro import MicroPartition, compact, identity_partition, sample_indices
 from .params import ApproxParams
@@ -132,7 +132,8 @@ def _leaves(source: Source, params: ApproxParams, m: int, exact: bool, backend: 
 
 def _link(part: MicroPartition, params: ApproxParams, exact: bool, backend: ClusterBackend,
           ckpt: Checkpoint, key: dict, where: str) -> tuple[np.ndarray, dict]:
-    """The linkage over the leaves: fastcluster for exact Ward, else hybrid (kNN-graph + dense) Ward."""
+    """The linkage over the leaves: the backend's exact Ward (fastcluster on the CPU, RNN rounds on a
+    GPU), else hybrid (kNN-graph + dense) Ward."""
     if not exact:
         key = {**key, "dense_max": params.dense_max, "neighbors": params.neighbors}
         if len(part.sizes) > max(params.dense_max, params.knn_exact_max):  # smaller: exact kNN, keys as before
@@ -142,7 +143,7 @@ def _link(part: MicroPartition, params: ApproxParams, exact: bool, backend: Clus
         return ckpt.load("linkage.npy"), key
     t0 = time.perf_counter()
     if exact:
-        z = exact_ward(part.centroids)
+        z = backend.exact_ward(part.centroids)
     else:
         z = hybrid_ward(part.centroids, part.sizes, params, backend=backend)
     ckpt.save("linkage.npy", z, key)

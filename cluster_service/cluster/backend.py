@@ -18,7 +18,7 @@ from ..logs import log_event
 from .knn import cell_knn, exact_knn
 from .micro import Accumulator, train_kmeans
 from .parallel import assign_all
-from .params import CPU_GRAPH_MAX, GPU_GRAPH_MAX
+from .params import CPU_GRAPH_MAX, GPU_EXACT_MAX, GPU_GRAPH_MAX
 from .source import Source
 
 if TYPE_CHECKING:
@@ -56,6 +56,13 @@ class ClusterBackend(Protocol):
         exact search is too dear; a backend whose exact search is affordable ignores it."""
         ...
 
+    #: ``--method exact`` refuses more tokens than this when the config leaves ``exact_max`` at 0.
+    exact_max: int
+
+    def exact_ward(self, x: np.ndarray) -> np.ndarray:
+        """The exact Ward linkage (scipy format) of the rows of ``x``."""
+        ...
+
 
 class FaissBackend:
     """FAISS k-means and flat L2 search, NumPy assignment in this process or as Ray tasks."""
@@ -63,6 +70,8 @@ class FaissBackend:
     name = "faiss"
     graph_max = CPU_GRAPH_MAX
     micro_cap = 8192
+    #: fastcluster's N²/2 float64 matrix: 14 GB at 60K tokens.
+    exact_max = 60_000
 
     def __init__(self, use_ray: bool = False, workers: int = 0):
         import torch
@@ -83,6 +92,12 @@ class FaissBackend:
         kk = min(neighbors + 1, len(x))
         return cell_knn(x, kk, **search) if search else exact_knn(x, kk)
 
+    def exact_ward(self, x: np.ndarray) -> np.ndarray:
+        """fastcluster (the reference implementation; the matrix path where it fits in memory)."""
+        from .exact import exact_ward
+
+        return exact_ward(x)
+
 
 class TorchBackend:
     """Torch matmuls on ``device``; assignment in this process, shard by shard (the GPU is this process's)."""
@@ -95,6 +110,8 @@ class TorchBackend:
         # 5M × 768 every token a leaf: the tiled brute-force kNN and the rounds take minutes on one GPU
         self.graph_max = GPU_GRAPH_MAX if device.type == "cuda" else FaissBackend.graph_max
         self.micro_cap = 131_072 if device.type == "cuda" else FaissBackend.micro_cap
+        # exact Ward by RNN rounds: 1M tokens took 85 s (× 384) and 209 s (× 768) on one H200
+        self.exact_max = GPU_EXACT_MAX if device.type == "cuda" else FaissBackend.exact_max
 
     def kmeans(self, sample: np.ndarray, m: int, seed: int, iters: int) -> np.ndarray:
         from .torch_ops import train_kmeans_torch
@@ -111,6 +128,13 @@ class TorchBackend:
         from .group_knn import knn_groups
 
         return knn_groups(points, neighbors, self.device)
+
+    def exact_ward(self, x: np.ndarray) -> np.ndarray:
+        """Reciprocal-nearest-neighbour rounds with float64 brute-force neighbours on the device
+        (``rnn_ward``): O(N·D) memory, where fastcluster needs N²/2 doubles (4 TB at 1M)."""
+        from .rnn_ward import rnn_ward
+
+        return rnn_ward(x, self.device)
 
 
 def resolve_backend(name: str, *, use_ray: bool = False, workers: int = 0) -> ClusterBackend:

@@ -9,9 +9,14 @@ clusters are small. Once at most ``dense_max`` clusters remain, dense weighted W
 the rest, and all merges are sorted by height into one scipy linkage over the leaves.
 
 The rounds are torch tensor operations on the backend's device (the CPU for FAISS, the GPU for the
-torch backend): one implementation, O(N·k) memory in edges plus the float64 cluster sums, and at
-5M tokens on a GPU the edge sorts run where the sums already are. Every sort is stable with the
+torch backend): one implementation, O(N·k) memory in edges plus the cluster centroids, and at 5M
+tokens on a GPU the edge sorts run where the centroids already are. Every sort is stable with the
 same keys on every device, so a device gives the same tree for the same neighbours.
+
+The centroids keep the input's precision: float32 for tokens (a merge's new centroid is computed
+in float64 and rounded once, ~1e-7 relative, and the costs are summed in float64), float64 for
+float64 input. Float64 running sums were exact to the last bit but cost 3 GB at 1M × 384 and 30 GB
+at 5M × 768, more than the tokens themselves.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 
 from ..logs import log_event
-from .ward import _to_scipy, weighted_ward
+from .ward import finish_with_dense, weighted_ward
 
 if TYPE_CHECKING:
     from .backend import ClusterBackend
@@ -34,9 +39,6 @@ log = logging.getLogger("cluster_service.cluster")
 
 #: Edges per chunk when computing merge costs (bounds the gathered E×D temporaries).
 _EDGE_CHUNK = 1 << 16
-#: Rows per chunk when turning float64 sums into the float32 centroids the kNN search reads.
-_ROW_CHUNK = 1 << 16
-
 
 def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend,
               search: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -62,24 +64,12 @@ def _undirected(u: torch.Tensor, v: torch.Tensor, n: int) -> tuple[torch.Tensor,
     return key // n, key % n
 
 
-def _costs(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """2·ΔSSE of merging u and v for every edge (the squared fastcluster height), in float64 from the sums."""
-    out = torch.empty(len(u), dtype=torch.float64, device=sums.device)
-    for lo in range(0, len(u), _EDGE_CHUNK):
-        a, b = u[lo:lo + _EDGE_CHUNK], v[lo:lo + _EDGE_CHUNK]
-        na, nb = size[a], size[b]
-        diff = sums[a] / na[:, None] - sums[b] / nb[:, None]
-        out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * (diff * diff).sum(dim=1)
-    return out
-
-
-def _costs32(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The same costs from float32 centroids: what the rounds rank edges by.
+def _costs(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """2·ΔSSE of merging u and v for every edge (the squared fastcluster height), summed in float64.
 
     The rounds read every edge's two centroids each round, and that gather is their cost (memory
-    bound: 2·E·D values); float32 halves it against the float64 sums, and needs no division. Its
-    rounding (~1e-7 of ‖c‖ per coordinate, on centred data) can only swap edges whose costs agree
-    to ~1e-6; the heights of the merges made are then computed in float64 by ``_costs``.
+    bound: 2·E·D values), so it reads them in their own precision: float32 centroids (~1e-7 of ‖c‖
+    per coordinate, on centred data) can only swap edges whose costs agree to ~1e-6.
     """
     out = torch.empty(len(u), dtype=torch.float64, device=means.device)
     for lo in range(0, len(u), _EDGE_CHUNK):
@@ -98,24 +88,21 @@ def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
     return order
 
 
-def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target: int,
-                 means: torch.Tensor | None = None):
-    """RNN rounds on the graph over clusters (sums [n, D], sizes [n]) until ``target`` remain.
+def graph_rounds(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target: int):
+    """RNN rounds on the graph over clusters (centroids [n, D], sizes [n]) until ``target`` remain.
 
-    Returns (indices of the remaining clusters, merges as (index a, index b, 2·ΔSSE) tensors); ``sums``
-    and ``size`` are updated in place at the surviving index of each merge, and ``means`` (float32
-    centroids, computed here when not given) with them. ``u < v`` must be sorted unique edges, as
-    ``_undirected`` gives them. An edge's cost is computed once and again only after one of its ends
-    merged: in a round about a third of the clusters merge, so most later edges keep theirs.
+    Returns (indices of the remaining clusters, merges as (index a, index b, 2·ΔSSE) tensors);
+    ``means`` and ``size`` are updated in place at the surviving index of each merge. ``u < v`` must
+    be sorted unique edges, as ``_undirected`` gives them. An edge's cost is computed once and again
+    only after one of its ends merged: in a round about a third of the clusters merge, so most later
+    edges keep theirs.
     """
     n = len(size)
-    dev = sums.device
-    if means is None:
-        means = (sums / size[:, None]).float()
+    dev = means.device
     parent = torch.arange(n, device=dev)
     active = n
     ma, mb, mh = [], [], []
-    cost = _costs32(means, size, u, v)
+    cost = _costs(means, size, u, v)
     while active > target and len(u):
         node = torch.cat([u, v])
         other = torch.cat([v, u])
@@ -129,13 +116,13 @@ def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: tor
         pu, pv, pc = u[pair], v[pair], cost[pair]
         if len(pu) > active - target:
             cheapest = torch.sort(pc, stable=True).indices[: active - target]
-            pu, pv = pu[cheapest], pv[cheapest]
+            pu, pv, pc = pu[cheapest], pv[cheapest], pc[cheapest]
         ma.append(pu)
         mb.append(pv)
-        mh.append(_costs(sums, size, pu, pv))  # the heights in float64
-        sums[pu] += sums[pv]
+        mh.append(pc)
+        na, nb = size[pu, None], size[pv, None]
+        means[pu] = ((na * means[pu] + nb * means[pv]) / (na + nb)).to(means.dtype)  # float64, one rounding
         size[pu] += size[pv]
-        means[pu] = (sums[pu] / size[pu, None]).float()
         parent[pv] = pu
         active -= len(pu)
         merged = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -146,7 +133,7 @@ def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: tor
         kept = ~touched
         new_cost = torch.empty(len(u), dtype=torch.float64, device=dev)
         new_cost[kept] = cost[torch.searchsorted(old_key, u[kept] * n + v[kept])]
-        new_cost[touched] = _costs32(means, size, u[touched], v[touched])
+        new_cost[touched] = _costs(means, size, u[touched], v[touched])
         cost = new_cost
     keep = torch.nonzero(parent == torch.arange(n, device=dev)).flatten()
     return keep, _cat(ma, torch.int64, dev), _cat(mb, torch.int64, dev), _cat(mh, torch.float64, dev)
@@ -154,15 +141,6 @@ def graph_rounds(sums: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: tor
 
 def _cat(parts: list[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=device)
-
-
-def _means32(sums: torch.Tensor, size: torch.Tensor) -> np.ndarray:
-    """The clusters' centroids as float32 on the host, converted in row chunks (no float64 copy)."""
-    out = np.empty(tuple(sums.shape), dtype=np.float32)
-    for lo in range(0, len(sums), _ROW_CHUNK):
-        hi = lo + _ROW_CHUNK
-        out[lo:hi] = (sums[lo:hi] / size[lo:hi, None]).float().cpu().numpy()
-    return out
 
 
 def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, *,
@@ -181,23 +159,21 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, 
     if n <= dense_max:
         return weighted_ward(centroids, sizes)
     dev = backend.device
-    host = torch.from_numpy(np.ascontiguousarray(centroids))
-    sums = host.to(dev).to(torch.float64)  # float32 tokens travel as float32, widen on the device
-    if sums.data_ptr() == host.data_ptr():
-        sums = sums.clone()  # float64 input on the CPU: the rounds must not write into the caller's array
+    host = np.asarray(centroids)
+    dtype = torch.float64 if host.dtype == np.float64 else torch.float32
+    means = torch.from_numpy(np.ascontiguousarray(host)).to(dev).to(dtype)
+    if means.device.type == "cpu" and np.shares_memory(means.numpy(), host):
+        means = means.clone()  # the rounds write into it, never into the caller's array
     # the mean in NumPy (pairwise, one thread): a torch CPU reduction over rows splits by thread count
-    sums -= torch.from_numpy(np.asarray(centroids).mean(axis=0, dtype=np.float64)).to(dev)
+    means -= torch.from_numpy(host.mean(axis=0, dtype=np.float64)).to(dev).to(dtype)
     size = torch.as_tensor(np.asarray(sizes, dtype=np.float64), device=dev).clone()
-    sums *= size[:, None]
     rep = torch.arange(n, device=dev)  # a leaf inside each current cluster, names it in the merge list
     ma, mb, mh = [], [], []
     while len(rep) > dense_max:
         t0 = time.perf_counter()
-        means = _means32(sums, size)
-        u, v = _edges(means, params.neighbors, backend, dev, params.knn_search_for(len(rep)))
+        u, v = _edges(_search_input(means), params.neighbors, backend, dev, params.knn_search_for(len(rep)))
         t1 = time.perf_counter()
-        keep, a, b, h = graph_rounds(sums, size, u, v, max(dense_max, len(rep) // 2),
-                                     torch.from_numpy(means).to(dev))  # on the CPU, the same memory
+        keep, a, b, h = graph_rounds(means, size, u, v, max(dense_max, len(rep) // 2))
         log_event(log, "kNN graph level", clusters=len(rep), edges=len(u), merged=len(a),
                   knn_s=round(t1 - t0, 2), rounds_s=round(time.perf_counter() - t1, 2))
         if not len(a):
@@ -205,13 +181,17 @@ def hybrid_ward(centroids: np.ndarray, sizes: np.ndarray, params: ApproxParams, 
         ma.append(rep[a])
         mb.append(rep[b])
         mh.append(h)
-        rep, sums, size = rep[keep], sums[keep], size[keep]
-    top = weighted_ward((sums / size[:, None]).cpu().numpy(), size.cpu().numpy())
-    rep = rep.cpu().numpy()
-    rep_of = np.concatenate([rep, np.zeros(len(rep) - 1, dtype=np.int64)])
-    for i, a in enumerate(top[:, 0].astype(np.int64)):
-        rep_of[len(rep) + i] = rep_of[a]
-    return _to_scipy(np.concatenate([*(t.cpu().numpy() for t in ma), rep_of[top[:, 0].astype(np.int64)]]),
-                     np.concatenate([*(t.cpu().numpy() for t in mb), rep_of[top[:, 1].astype(np.int64)]]),
-                     np.concatenate([*(t.cpu().numpy() for t in mh), top[:, 2] ** 2]),
-                     np.asarray(sizes, dtype=np.float64))
+        rep, means, size = rep[keep], means[keep], size[keep]
+    return finish_with_dense(rep.cpu().numpy(), means.cpu().numpy().astype(np.float64), size.cpu().numpy(),
+                             host_array(ma, np.int64), host_array(mb, np.int64), host_array(mh, np.float64),
+                             np.asarray(sizes, dtype=np.float64))
+
+
+def _search_input(means: torch.Tensor) -> np.ndarray:
+    """The centroids as the float32 host array the kNN search reads (no copy for float32 on the CPU)."""
+    return np.ascontiguousarray(means.cpu().numpy(), dtype=np.float32)
+
+
+def host_array(parts: list[torch.Tensor], dtype: type) -> np.ndarray:
+    """One host array of a list of per-round tensors (empty when there were none)."""
+    return np.concatenate([t.cpu().numpy() for t in parts]).astype(dtype) if parts else np.zeros(0, dtype=dtype)

@@ -19,6 +19,9 @@ MICRO_PER_K = 10
 CPU_GRAPH_MAX = 400_000
 #: And on a GPU (tiled brute-force kNN, rounds on the device).
 GPU_GRAPH_MAX = 5_000_000
+#: Exact Ward (RNN rounds, float64 brute force) on a GPU up to this many tokens by default: its
+#: time grows as ~N²·D (1M × 768 took 209 s on one H200, so 2M would take ~14 min).
+GPU_EXACT_MAX = 1_000_000
 
 
 @dataclass(frozen=True)

@@ -82,9 +82,10 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
         raise UserError(f"{where}: empty layer (0 tokens); nothing to cluster")
     ks = check_k(cfg.k, source.n, f"tokens in layer {layer}")
     exact = cfg.method == "exact"
-    if exact and source.n > cfg.exact_max:
-        raise UserError(f"{where}: {source.n} tokens is above --exact-max {cfg.exact_max} for exact "
-                        f"Ward; use --method approx")
+    exact_max = cfg.exact_max or backend.exact_max
+    if exact and source.n > exact_max:
+        raise UserError(f"{where}: {source.n} tokens is above --exact-max {exact_max} for exact Ward on "
+                        f"{backend.name}; use --method approx, or raise --exact-max")
     params = cfg.approx_params()
     m = leaf_count(source.n, ks, params, exact, backend)
     t_start = time.perf_counter()

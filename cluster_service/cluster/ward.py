@@ -162,3 +162,20 @@ def _union_find(a: np.ndarray, b: np.ndarray, heights2: np.ndarray, leaf_sizes: 
         weight[new] = weight[ra] + weight[rb]
         z[i] = (min(ra, rb), max(ra, rb), np.sqrt(heights2[s]), weight[new])
     return z
+
+
+def finish_with_dense(rep: np.ndarray, centroids: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
+                      heights2: np.ndarray, leaf_sizes: np.ndarray) -> np.ndarray:
+    """The scipy linkage over all leaves, from the merges made so far and dense Ward over what remains.
+
+    ``a``/``b``/``heights2``: the merges made (each cluster named by its representative leaf, the
+    survivor keeping its own); ``rep``/``centroids``/``sizes``: the clusters left, each named by its
+    representative. Dense weighted Ward is exact above any partition, so it builds the rest of the tree.
+    """
+    top = weighted_ward(centroids, sizes)
+    rep_of = np.concatenate([rep, np.zeros(len(rep) - 1, dtype=np.int64)])
+    for i, first in enumerate(top[:, 0].astype(np.int64)):
+        rep_of[len(rep) + i] = rep_of[first]
+    return _to_scipy(np.concatenate([a, rep_of[top[:, 0].astype(np.int64)]]),
+                     np.concatenate([b, rep_of[top[:, 1].astype(np.int64)]]),
+                     np.concatenate([heights2, top[:, 2] ** 2]), np.asarray(leaf_sizes, dtype=np.float64))
