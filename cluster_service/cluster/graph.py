@@ -39,6 +39,8 @@ log = logging.getLogger("cluster_service.cluster")
 
 #: Edges per chunk when computing merge costs (bounds the gathered E×D temporaries).
 _EDGE_CHUNK = 1 << 16
+#: On the CPU: [4096, D] temporaries stay in cache (1.2 s against 10.2 s per 2M edges × 384 here).
+_EDGE_CHUNK_CPU = 1 << 12
 
 def knn_edges(points: np.ndarray, neighbors: int, backend: ClusterBackend,
               search: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -67,25 +69,48 @@ def _undirected(u: torch.Tensor, v: torch.Tensor, n: int) -> tuple[torch.Tensor,
 def _costs(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """2·ΔSSE of merging u and v for every edge (the squared fastcluster height), summed in float64.
 
-    The rounds read every edge's two centroids each round, and that gather is their cost (memory
-    bound: 2·E·D values), so it reads them in their own precision: float32 centroids (~1e-7 of ‖c‖
-    per coordinate, on centred data) can only swap edges whose costs agree to ~1e-6.
+    The rounds read every edge's two centroids each round, and that gather is their cost, so it
+    reads them in their own precision: float32 centroids (~1e-7 of ‖c‖ per coordinate, on centred
+    data) can only swap edges whose costs agree to ~1e-6. On the CPU the edges go in chunks whose
+    temporaries stay in cache, gathered by ``index_select`` and squared in place: 8.5× faster than
+    65,536-edge chunks of ``means[a] - means[b]`` (0.14 of the CPU rounds' time at 1M tokens, from 0.85).
     """
     out = torch.empty(len(u), dtype=torch.float64, device=means.device)
-    for lo in range(0, len(u), _EDGE_CHUNK):
-        a, b = u[lo:lo + _EDGE_CHUNK], v[lo:lo + _EDGE_CHUNK]
+    chunk = _EDGE_CHUNK if means.device.type != "cpu" else _EDGE_CHUNK_CPU
+    for lo in range(0, len(u), chunk):
+        a, b = u[lo:lo + chunk], v[lo:lo + chunk]
         na, nb = size[a], size[b]
-        diff = means[a] - means[b]
-        out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * (diff * diff).sum(dim=1, dtype=torch.float64)
+        diff = torch.index_select(means, 0, a)
+        diff -= torch.index_select(means, 0, b)
+        out[lo:lo + len(a)] = 2.0 * na * nb / (na + nb) * diff.square_().sum(dim=1, dtype=torch.float64)
     return out
 
 
-def _stable_order(*keys: torch.Tensor) -> torch.Tensor:
-    """Indices sorting by keys[0], then keys[1], ... (like ``np.lexsort(keys[::-1])``)."""
-    order = torch.arange(len(keys[0]), device=keys[0].device)
-    for key in reversed(keys):
-        order = order[torch.sort(key[order], stable=True).indices]
-    return order
+def _merge_means(means: torch.Tensor, size: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """The centroid of each merge a ← a ∪ b, in place at a, in float64 rounded once; chunked so the
+    temporaries stay small (a round can merge 170K pairs at 1M tokens: 0.5 GB per float64 [pairs, D])."""
+    for lo in range(0, len(a), _EDGE_CHUNK):
+        i, j = a[lo:lo + _EDGE_CHUNK], b[lo:lo + _EDGE_CHUNK]
+        na, nb = size[i, None], size[j, None]
+        means[i] = ((na * means[i] + nb * means[j]) / (na + nb)).to(means.dtype)
+
+
+def _nearest(n: int, u: torch.Tensor, v: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+    """Each node's cheapest edge's other end (ties: the lower index), −1 for a node without edges.
+
+    Two order-free scatter minima over the edges, from both ends: the cost, then the lowest other end
+    among the edges at that cost. A stable sort of the 2·E (node, cost, other) triples gave the same
+    answer at ~20× the time on the CPU (3 sorts of 24M entries a round at 1M tokens).
+    """
+    best = torch.full((n,), torch.inf, dtype=cost.dtype, device=cost.device)
+    best.scatter_reduce_(0, u, cost, "amin")
+    best.scatter_reduce_(0, v, cost, "amin")
+    nn = torch.full((n,), n, dtype=torch.int64, device=cost.device)
+    at_u, at_v = cost == best[u], cost == best[v]
+    nn.scatter_reduce_(0, u[at_u], v[at_u], "amin")
+    nn.scatter_reduce_(0, v[at_v], u[at_v], "amin")
+    nn[nn == n] = -1
+    return nn
 
 
 def graph_rounds(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: torch.Tensor, target: int):
@@ -104,14 +129,7 @@ def graph_rounds(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: to
     ma, mb, mh = [], [], []
     cost = _costs(means, size, u, v)
     while active > target and len(u):
-        node = torch.cat([u, v])
-        other = torch.cat([v, u])
-        both = torch.cat([cost, cost])
-        order = _stable_order(node, both, other)
-        sorted_node = node[order]
-        first = order[torch.cat([torch.ones(1, dtype=torch.bool, device=dev), sorted_node[1:] != sorted_node[:-1]])]
-        nn = torch.full((n,), -1, dtype=torch.int64, device=dev)
-        nn[node[first]] = other[first]
+        nn = _nearest(n, u, v, cost)
         pair = (nn[u] == v) & (nn[v] == u)
         pu, pv, pc = u[pair], v[pair], cost[pair]
         if len(pu) > active - target:
@@ -120,8 +138,7 @@ def graph_rounds(means: torch.Tensor, size: torch.Tensor, u: torch.Tensor, v: to
         ma.append(pu)
         mb.append(pv)
         mh.append(pc)
-        na, nb = size[pu, None], size[pv, None]
-        means[pu] = ((na * means[pu] + nb * means[pv]) / (na + nb)).to(means.dtype)  # float64, one rounding
+        _merge_means(means, size, pu, pv)
         size[pu] += size[pv]
         parent[pv] = pu
         active -= len(pu)
