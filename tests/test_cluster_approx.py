@@ -55,9 +55,9 @@ def test_same_seed_same_assignments_other_seed_runs_too():
 
 def test_default_leaves_rule():
     assert ApproxParams().leaves(20_000, 600) == 20_000  # tokens are the leaves (kNN-graph Ward)
-    assert ApproxParams().leaves(400_000, 50) == 400_000
-    assert ApproxParams().leaves(400_001, 600) == 8192  # k-means micro-clusters above the CPU's graph_max
-    assert ApproxParams(graph_max=1_000_000).leaves(1_000_000, 600) == 1_000_000  # --graph-max
+    assert ApproxParams().leaves(1_000_000, 50) == 1_000_000
+    assert ApproxParams().leaves(1_000_001, 600) == 8192  # k-means micro-clusters above the CPU's graph_max
+    assert ApproxParams(graph_max=2_000_000).leaves(2_000_000, 600) == 2_000_000  # --graph-max
     assert ApproxParams().leaves(2_000_000, 1000, graph_max=1_000_000) == 10_000  # never closer than 10·K
     assert ApproxParams().leaves(4_000_000, 600, graph_max=5_000_000) == 4_000_000  # a GPU's graph_max
     assert ApproxParams().leaves(6_000_000, 600, 5_000_000, micro_cap=131_072) == 131_072  # and its leaves

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
+from test_cluster_stage import blobs, make_store
 
 from cluster_service.cluster.config import ClusterConfig
 from cluster_service.cluster.cut import cut
@@ -13,7 +14,6 @@ from cluster_service.cluster.rnn_ward import rnn_ward
 from cluster_service.cluster.stage import cluster_run
 from cluster_service.cluster.ward import weighted_ward
 from cluster_service.errors import UserError
-from test_cluster_stage import blobs, make_store
 
 CPU = torch.device("cpu")
 

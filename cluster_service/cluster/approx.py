@@ -1,6 +1,6 @@
 """The one assembly of the Ward tree: sample, k-means, assign, link, cut.
 
-Leaves: the tokens themselves up to ``graph_max`` tokens (100K on the CPU, 5M on a GPU by default; always
+Leaves: the tokens themselves up to ``graph_max`` tokens (1M on the CPU, 5M on a GPU by default; always
 for exact Ward), else M
 micro-clusters (seeded sample → k-means → every token assigned, shard by shard). Tree: size-weighted
 Ward over the leaves, kNN-graph Ward at the bottom while there are more than ``dense_max`` clusters,

@@ -30,9 +30,9 @@ class ClusterConfig:
     --graph-max tokens, else min(N, max(10·K_max, 8192 on the CPU or 131072 on a GPU)); M = N
     means no k-means."""
     graph_max: NonNegativeInt = APPROX.graph_max
-    """The default M rule makes every token a leaf up to this many tokens; 0 = 400,000 on the CPU
-    (9.1 min on 2 cores at 400K real tokens), 5,000,000 with --device cuda (exact brute-force kNN on
-    the GPU: 4.8 min at 5M × 768 on one H200)."""
+    """The default M rule makes every token a leaf up to this many tokens; 0 = 1,000,000 on the CPU
+    (15.9 min and 5.3 GiB on 2 cores at 1M real tokens × 384), 5,000,000 with --device cuda (exact
+    brute-force kNN on the GPU: 4.8 min at 5M × 768 on one H200)."""
     dense_max: PositiveInt = APPROX.dense_max
     """Ward runs on a dense M² float64 matrix at most this wide; with more leaves, kNN-graph Ward
     (reciprocal nearest neighbours on a kNN graph) builds the bottom of the tree first."""

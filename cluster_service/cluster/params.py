@@ -13,10 +13,10 @@ from dataclasses import dataclass
 MICRO_CAP = 8192
 #: Lower bound of micro-clusters per requested concept: ARI against exact Ward collapses as K nears M.
 MICRO_PER_K = 10
-#: Every token a leaf up to this many tokens on the CPU: 400K real MiniLM tokens took 9.1 min and
-#: 5.0 GB on the 2-core box (the k-means-leaf tree 1.8 min, at ARI 0.37 / 0.44 / 0.61 against it);
-#: above, k-means leaves unless ``--graph-max`` asks for more.
-CPU_GRAPH_MAX = 400_000
+#: Every token a leaf up to this many tokens on the CPU: 1M real MiniLM tokens × 384 took 15.9 min and
+#: 5.3 GiB on the 2-core box (400K: the k-means-leaf tree took 1.8 min against 9.1, at ARI 0.37 / 0.44 /
+#: 0.61 to it); above, k-means leaves unless ``--graph-max`` asks for more.
+CPU_GRAPH_MAX = 1_000_000
 #: And on a GPU (tiled brute-force kNN, rounds on the device).
 GPU_GRAPH_MAX = 5_000_000
 #: Exact Ward (RNN rounds, float64 brute force) on a GPU up to this many tokens by default: its
