@@ -179,7 +179,7 @@ def main() -> None:
     p.add_argument("--max-s", type=float, default=120.0, help="longest a load level runs")
     p.add_argument("--naive-requests", type=int, default=60)
     p.add_argument("--batch-wait-s", type=float, default=ServeConfig.batch_wait_s,
-                   help="the Model deployment's dynamic batching wait (default: ServeConfig's)")
+                   help="the ingress's dynamic batching wait (default: ServeConfig's)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every mode (2: both cores)")
     p.add_argument("--port", type=int, default=18555)
     p.add_argument("--note", default="box shared: other engineers' tests and benchmarks ran at the same time")
@@ -239,7 +239,7 @@ def main() -> None:
                 for clients in map(int, args.clients.split(",")):
                     n = args.requests or max(60, 20 * clients)
                     asyncio.run(load(url, texts, args.k, clients, min(clients, 8), args.max_s, {}))  # warm-up
-                    model = serve.get_deployment_handle("Model", app_name=cfg.app_name)
+                    model = serve.get_deployment_handle("Concepts", app_name=cfg.app_name)
                     before = model.stats.remote().result()
                     m = asyncio.run(load(url, texts, args.k, clients, n, args.max_s, {}))
                     after = model.stats.remote().result()

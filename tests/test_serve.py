@@ -176,7 +176,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(runs, serv
 
     a, _, lines = runs
     url, key, cfg = service
-    model = serve.get_deployment_handle("Model", app_name=cfg.app_name)
+    model = serve.get_deployment_handle("Concepts", app_name=cfg.app_name)
     before = model.stats.remote().result()
     picked = list(range(40, 40 + 48))
     got: dict[int, tuple[int, dict]] = {}
@@ -426,7 +426,7 @@ def test_killed_model_replica_is_replaced_and_requests_after_succeed(runs, servi
 
     def replicas() -> list[str]:
         return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"SERVE_REPLICA::{cfg.app_name}#Model#")]
+                if a["name"].startswith(f"SERVE_REPLICA::{cfg.app_name}#Concepts#")]
 
     (victim,) = replicas()
     statuses: list[tuple[int, dict]] = []

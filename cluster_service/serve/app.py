@@ -1,14 +1,13 @@
-"""The concept service as a Ray Serve application: an HTTP ingress, the model, one index per (layer, K).
+"""The concept service as a Ray Serve application: one ingress that holds the model, one index per (layer, K).
 
-- ``Api`` (the ingress, FastAPI): checks each request and word-tokenizes it (``Front``), asks the model
-  deployment, and assembles the body; it answers GET /v1/concepts/{layer}/{k}/{id}, /v1/run and
-  /healthz itself from the indexes. Every error is one line of JSON naming the field; nothing a client
-  sends raises inside a replica.
-- ``Model``: the run's model (one replica per GPU, or CPU replicas) behind ``@serve.batch``: concurrent
-  requests are joined into one ``ShardTask`` and share forward passes. After the forward passes of a
-  batch it asks each (layer, K) index once for the whole batch, not once per request; indexes small
-  enough (``local_index_mb``) it holds itself and searches without any call: on the 2-core box the
-  calls to seven index replicas took longer than the batch's forward passes.
+- ``Concepts`` (the ingress, FastAPI, one replica per GPU or CPU replicas): checks each request and
+  word-tokenizes it (``Front``), joins concurrent requests with ``@serve.batch`` so they share forward
+  passes, asks each (layer, K) index once per batch, and assembles the body; it answers GET
+  /v1/concepts/{layer}/{k}/{id}, /v1/run and /healthz from the indexes. Indexes small enough
+  (``local_index_mb``) it holds itself and searches without any call. Every error is one line of JSON
+  naming the field; nothing a client sends raises inside a replica. The model lives in the ingress, not
+  in a deployment of its own: on the 2-core box the extra hop (a Ray call per request each way, and a
+  second replica's event loop) took CPU the forward passes needed.
 - ``Index``: a ``ConceptIndex`` of one (layer, K).
 
 ``build`` makes the application from a run and a ``ServeConfig``; it is also the builder that
@@ -36,7 +35,7 @@ from ..logs import log_event
 from ..store import RunStore
 from . import schema
 from .config import ServeConfig
-from .encoder import Recipe, TextEncoder
+from .encoder import TextEncoder
 from .index import Lookup, index_plan, load_index
 from .schema import RequestError
 from .service import Front, answers, unknown_concept
@@ -111,25 +110,32 @@ class Index:
 
 
 @serve.deployment
-class Model:
-    """The run's model behind dynamic batching; each batch's vectors go to the indexes in one call each."""
+@serve.ingress(api)
+class Concepts:
+    """HTTP (POST /v1/concepts, GET /v1/concepts/{layer}/{k}/{id}, GET /v1/run, GET /healthz) and the
+    run's model behind dynamic batching; each batch's vectors go to each (layer, K) index once."""
 
-    def __init__(self, recipe: Recipe, layers: list[int], cfg: ServeConfig, indexes: dict[str, Any], threads: int,
+    def __init__(self, front: Front, layers: list[int], cfg: ServeConfig, indexes: dict[str, Any],
+                 labels: dict[str, dict[int, str | None]], key_sha256: str | None, threads: int,
                  local: tuple[str, list[tuple[int, int]]] | None = None):
-        self.encoder = TextEncoder(recipe, layers, cfg.device, threads)
-        self.layers = layers
+        self.front = front
+        self.labels = labels  # "layer:k" -> concept -> label
         self.indexes = indexes  # "layer:k" -> handle of its Index deployment
+        api.state.key_sha256 = key_sha256
+        self.info: list[dict[str, Any]] | None = None
+        self.encoder = TextEncoder(front.recipe, layers, cfg.device, threads)
+        self.layers = layers
         # (run, tables) when the indexes are small enough to search here (ServeConfig.local_index_mb)
         self.local = None if local is None else {
             f"{layer}:{k}": load_index(RunStore(local[0]), layer, k, cfg) for layer, k in local[1]}
-        self.concepts.set_max_batch_size(cfg.batch_size)
-        self.concepts.set_batch_wait_timeout_s(cfg.batch_wait_s)
+        self.batched.set_max_batch_size(cfg.batch_size)
+        self.batched.set_batch_wait_timeout_s(cfg.batch_wait_s)
         self.batches = {"batches": 0, "requests": 0, "largest": 0, "words": 0, "model_s": 0.0, "index_s": 0.0}
         log_event(log, "model replica ready", pid=os.getpid(), device=str(self.encoder.lm.device),
                   layers=layers, threads=threads)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01)
-    async def concepts(self, requests: list[tuple[list[str], list[int], int]]) -> list[dict[int, Lookup]]:
+    async def batched(self, requests: list[tuple[list[str], list[int], int]]) -> list[dict[int, Lookup]]:
         """Per request (its tokenized texts, layers, K): each asked layer's lookup, in word order."""
         sentences = [s for texts, _, _ in requests for s in texts]
         self.batches["batches"] += 1
@@ -177,21 +183,6 @@ class Model:
         seconds spent in forward passes and waiting for the indexes."""
         return dict(self.batches)
 
-
-@serve.deployment
-@serve.ingress(api)
-class Api:
-    """HTTP: POST /v1/concepts, GET /v1/concepts/{layer}/{k}/{id}, GET /v1/run, GET /healthz."""
-
-    def __init__(self, front: Front, model, indexes: dict[str, Any], labels: dict[str, dict[int, str | None]],
-                 key_sha256: str | None):
-        self.front = front
-        self.labels = labels  # "layer:k" -> concept -> label
-        self.model = model
-        self.indexes = indexes
-        api.state.key_sha256 = key_sha256
-        self.info: list[dict[str, Any]] | None = None
-
     # responses are documented, not validated: the body is built here to the schema, and validating it
     # again cost the 2-core box CPU the model needs
     @api.post("/v1/concepts", responses={200: {"model": schema.ConceptsResponse}, **ERRORS},
@@ -201,11 +192,7 @@ class Api:
             query, tokenized = self.front.prepare(schema.parse_body(await request.body()))
         except RequestError as exc:
             return error_response(exc)
-        try:
-            found = await self.model.concepts.remote((tokenized, query.layers, query.k))
-        except Exception as exc:  # a replica lost mid-request (Serve replaces it): the client may retry
-            log_event(log, "model call failed", level=logging.WARNING, error=type(exc).__name__)
-            return error_response(RequestError(503, "model", f"unavailable ({type(exc).__name__}); retry"))
+        found = await self.batched((tokenized, query.layers, query.k))
         per_layer = {layer: answers(f, layer, self.labels[f"{layer}:{query.k}"]) for layer, f in found.items()}
         return JSONResponse(self.front.assemble(query, tokenized, per_layer))
 
@@ -233,7 +220,8 @@ class Api:
 
 
 def model_replicas(cfg: ServeConfig) -> tuple[int, dict[str, Any], int]:
-    """(replicas, ray_actor_options, torch threads) of the model deployment, from the resources Ray sees."""
+    """(replicas, ray_actor_options, torch threads) of the ingress that holds the model, from the
+    resources Ray sees."""
     import ray
 
     resources = ray.cluster_resources() if ray.is_initialized() else {}
@@ -266,7 +254,7 @@ def application(run: str, cfg: ServeConfig):
     small = sum(plan.bytes(dims) for plan in plans.values()) <= cfg.local_index_mb * 2**20
     local = (run, front.tables) if small else None
     replicas, options, threads = model_replicas(cfg)
-    light = {"num_cpus": 0}  # the ingress and the indexes wait on the model; they must not take its cores
+    light = {"num_cpus": 0}  # the indexes wait on the model; they must not take its cores
     if small:  # the model replicas search; one deployment answers descriptions for every table
         every = Index.options(name="Index", ray_actor_options=light,
                               max_ongoing_requests=cfg.max_ongoing_requests).bind(run, front.tables, cfg)
@@ -276,11 +264,9 @@ def application(run: str, cfg: ServeConfig):
                                                  max_ongoing_requests=cfg.max_ongoing_requests).bind(
                                                      run, [(layer, k)], cfg)
                    for layer, k in front.tables}
-    model = Model.options(num_replicas=replicas, ray_actor_options=options,
-                          max_ongoing_requests=cfg.max_ongoing_requests).bind(
-        front.recipe, front.layers, cfg, indexes, threads, local)
-    return Api.options(ray_actor_options=light, max_ongoing_requests=cfg.max_ongoing_requests).bind(
-        front, model, indexes, labels, key_digest(cfg))
+    return Concepts.options(num_replicas=replicas, ray_actor_options=options,
+                            max_ongoing_requests=cfg.max_ongoing_requests).bind(
+        front, front.layers, cfg, indexes, labels, key_digest(cfg), threads, local)
 
 
 def build(args: dict[str, Any]):

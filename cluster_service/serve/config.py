@@ -59,7 +59,8 @@ class ServeConfig:
     computes, and at 64 clients 0.01 s gave batches of 1.2 requests (464 words/s, p99 3.3 s), 0.05 s
     of 4 (710, 2.0 s), 0.15 s of 10.6 (836, 1.8 s); one client pays the wait in its latency."""
     model_replicas: NonNegativeInt = 0
-    """Model replicas; 0 = one per GPU Ray sees, or one CPU replica when there is none."""
+    """Replicas of the ingress that holds the model; 0 = one per GPU Ray sees, or one CPU replica when
+    there is none."""
     cpus_per_replica: NonNegativeInt = 0
     """Torch threads (and Ray CPUs) of a CPU model replica; 0 = every CPU Ray sees, divided among them."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
