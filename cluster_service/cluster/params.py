@@ -40,8 +40,8 @@ class ApproxParams:
     """Neighbours per leaf in the kNN graph of kNN-graph Ward."""
     knn_exact_max: int = 150_000
     """The CPU's kNN search is exact (FAISS flat, N²·D) up to this many points, the cell search above:
-    on 2 cores exact search over 280K real MiniLM vectors would take 367 s and the cell search takes
-    213 s, so they cross near 160K (exact is also recall 1.0)."""
+    on 2 cores exact search over 280K real MiniLM vectors would take 370 s and the cell search takes
+    188 s, so they cross near 140–160K (exact is also recall 1.0)."""
     knn_probes: int = 4
     """Cells of ~1000 points probed per query in each cell layout of the CPU's kNN search (work grows
     linearly with it)."""
