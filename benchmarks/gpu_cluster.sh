@@ -4,7 +4,8 @@
 # there), the demo corpus's ingested tables, and the wheels of zarr & co. (FAISS and Ray stay behind:
 # the torch path needs neither, and the model plus Ray would not fit the 64 MiB that may travel).
 # Build .gpucarry/ with benchmarks/make_gpucarry.sh first.
-#   bash benchmarks/gpu_cluster.sh STEP...   (steps: extract, knn, scale, timing1m, timing5m, exact, exact_real)
+#   bash benchmarks/gpu_cluster.sh STEP...   (steps: extract, knn, scale, timing1m, timing5m, exact, exact_real,
+#   exact_stage)
 # Logs and result JSON land in $OUT.
 set -u
 out=${OUT:-/tmp/out}
@@ -40,6 +41,9 @@ for step in "$@"; do
     exact_real)  # the same over the first 1M real MiniLM tokens of layers 3-6 stacked (after extract)
       timeout ${EXACT_S:-560} python3 benchmarks/bench_cluster_scale.py exact --device cuda --run $run \
         --layers 3,4,5,6 --n ${EXACT_N:-1000000} --results "$results" > "$out/exact_real.log" 2>&1 ;;
+    exact_stage)  # the cluster stage end to end with --method exact on the GPU, two real layers (after extract)
+      timeout 300 python3 -m cluster_service.cli cluster $run --layers 3,6 --k 600,200,50 --method exact \
+        --device cuda > "$out/exact_stage.log" 2>&1 ;;
   esac
   echo "$step rc=$?" >> "$out/rc.txt"
 done
