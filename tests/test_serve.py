@@ -74,8 +74,8 @@ def service(runs, ray_local):
 
     key = "sk-" + secrets.token_hex(16)
     os.environ[KEY_ENV] = key
-    cfg = ServeConfig(port=free_port(), cpus_per_replica=1, api_key_env=KEY_ENV, max_words=200, max_chars=2000,
-                      max_texts=8, batch_wait_s=0.05, app_name="concepts_test", local_index_mb=0)
+    cfg = ServeConfig(port=free_port(), model_replicas=1, cpus_per_replica=1, api_key_env=KEY_ENV, max_words=200,
+                      max_chars=2000, max_texts=8, batch_wait_s=0.05, app_name="concepts_test", local_index_mb=0)
     try:
         url = start(runs[0].where(), cfg, timeout_s=300)
         yield url, key, cfg
@@ -169,6 +169,16 @@ def test_held_out_agreement_against_a_clustering_that_included_them(runs, servic
             # both place unseen words better than the largest concept would; the centroid clearly so
             assert found["held_out_agreement"] > found["chance"]
             assert found["centroid_agreement"] > found["chance"] + 0.1
+
+
+def test_cpu_replicas_default_to_one_thread_each(ray_local):
+    """Without GPUs the CPUs Ray sees (2 here) go to one-thread replicas unless the config says otherwise."""
+    from cluster_service.serve.app import model_replicas
+
+    assert model_replicas(ServeConfig()) == (2, {"num_cpus": 1}, 1)
+    assert model_replicas(ServeConfig(model_replicas=1)) == (1, {"num_cpus": 2}, 2)
+    assert model_replicas(ServeConfig(cpus_per_replica=2)) == (1, {"num_cpus": 2}, 2)
+    assert model_replicas(ServeConfig(model_replicas=3, cpus_per_replica=1)) == (3, {"num_cpus": 1}, 1)
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(runs, service, ray_local):

@@ -59,10 +59,11 @@ class ServeConfig:
     computes, and at 64 clients 0.01 s gave batches of 1.2 requests (464 words/s, p99 3.3 s), 0.05 s
     of 4 (710, 2.0 s), 0.15 s of 10.6 (836, 1.8 s); one client pays the wait in its latency."""
     model_replicas: NonNegativeInt = 0
-    """Replicas of the ingress that holds the model; 0 = one per GPU Ray sees, or one CPU replica when
-    there is none."""
+    """Replicas of the ingress that holds the model; 0 = one per GPU Ray sees, or without GPUs as many
+    CPU replicas as the CPUs Ray sees allow at --cpus-per-replica each (8 at most)."""
     cpus_per_replica: NonNegativeInt = 0
-    """Torch threads (and Ray CPUs) of a CPU model replica; 0 = every CPU Ray sees, divided among them."""
+    """Torch threads (and Ray CPUs) of a CPU model replica; 0 = the CPUs Ray sees divided among the
+    replicas (one each up to 8 CPUs: several one-thread replicas outserve one replica of many threads)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs; auto picks CUDA when the replica has a GPU."""
     host: str = "127.0.0.1"
