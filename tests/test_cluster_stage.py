@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -97,6 +98,39 @@ def test_ray_worker_error_is_a_user_error(tmp_path, ray_local):
     src = ZarrSource(str(store.local_path("activations.zarr")), "layer_3")
     with pytest.raises(UserError, match="row 555"):
         assign_all(src, np.zeros((4, 16), np.float32), where="t", use_ray=True, progress=False)
+
+
+def two_layer_store(root) -> RunStore:
+    make_store(root, blobs(n=1200, seed=4)[0], layer=3)
+    return make_store(root, blobs(n=1200, seed=5)[0], layer=5)
+
+
+@pytest.mark.integration
+def test_layers_as_ray_tasks_equal_one_after_another(tmp_path, ray_local):
+    """Layer tasks (two at once, the CPUs shared) write what one layer after another writes, and run.json
+    records each layer; a layer that fails makes the stage fail naming it, and the others keep theirs."""
+    one, par = two_layer_store(tmp_path / "one"), two_layer_store(tmp_path / "par")
+    cluster_run(one, ClusterConfig(k=[6, 3], seed=3, layer_tasks=1))
+    t0 = time.perf_counter()
+    summary = cluster_run(par, ClusterConfig(k=[6, 3], seed=3, layer_tasks=2))
+    assert list(summary) == ["3", "5"] and time.perf_counter() - t0 < 600
+    for layer in (3, 5):
+        a, b = one.local_path(one.clusters_key(layer)), par.local_path(par.clusters_key(layer))
+        for name in ("linkage.npy", "token_micro.npy", "assignments_k6.npy", "assignments_k3.npy"):
+            np.testing.assert_array_equal(np.load(a / name), np.load(b / name), err_msg=f"layer {layer} {name}")
+        for k in (6, 3):
+            assert one.read_concepts(layer, k).equals(par.read_concepts(layer, k))
+        stage = par.read_manifest()["stages"][f"cluster:layer_{layer}"]
+        assert stage["status"] == "done" and stage["tokens"] == 1200
+    assert "cluster" in par.read_manifest()["config"]
+
+    bad = two_layer_store(tmp_path / "bad")
+    failed = r"layer 99 failed \(1 of 2 clustered and kept\); layer 99: .*layer 99 not stored"
+    with pytest.raises(UserError, match=failed):
+        cluster_run(bad, ClusterConfig(k=[6], seed=3, layer_tasks=2, layers=[3, 99]))
+    stages = bad.read_manifest()["stages"]
+    assert stages["cluster:layer_3"]["status"] == "done" and stages["cluster:layer_99"]["status"] == "failed"
+    assert bad.has_concepts(3, 6)
 
 
 @pytest.mark.integration

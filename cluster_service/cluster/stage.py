@@ -72,8 +72,11 @@ def _ray(cfg: ClusterConfig) -> bool:
     return True
 
 
-def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: bool = False) -> dict:
-    """Tree, cuts and concept tables of one layer; returns a summary (sizes, SSE per K, timings)."""
+def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: bool = False,
+                  record: bool = True) -> dict:
+    """Tree, cuts and concept tables of one layer; returns a summary (sizes, SSE per K, timings).
+    ``record``: keep the layer's status in run.json here (a layer task leaves that to the driver, the
+    one writer of run.json)."""
     backend = resolve_backend(cfg.device, use_ray=use_ray, workers=cfg.workers)
     require_activations(store, layer)
     where = store.where(f"{ACTIVATIONS}/{store.layer_name(layer)}")
@@ -89,7 +92,8 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
     params = cfg.approx_params()
     m = leaf_count(source.n, ks, params, exact, backend)
     t_start = time.perf_counter()
-    store.set_stage(f"cluster:layer_{layer}", "running", k=ks, method=cfg.method, m=m)
+    if record:
+        store.set_stage(f"cluster:layer_{layer}", "running", k=ks, method=cfg.method, m=m)
     ldir = LayerDir(store, layer)
     identity = {"fingerprint": _fingerprint(source)}
     tree = ward_tree(source, ks, params, backend, ldir, exact=exact, identity=identity, where=where,
@@ -101,9 +105,14 @@ def cluster_layer(store: RunStore, layer: int, cfg: ClusterConfig, *, use_ray: b
                                "seconds": time.perf_counter() - t_start}
     if cfg.evaluate:
         summary["quality"] = _quality(source, cfg, ks, ldir, input_key(identity, params, backend), where)
-    store.set_stage(f"cluster:layer_{layer}", "done", k=ks, method=cfg.method, m=len(tree.partition.sizes),
-                    tokens=source.n, seconds=round(summary["seconds"], 2))
+    if record:
+        _record_done(store, summary)
     return summary
+
+
+def _record_done(store: RunStore, summary: dict) -> None:
+    store.set_stage(f"cluster:layer_{summary['layer']}", "done", k=summary["k"], method=summary["method"],
+                    m=summary["micro"], tokens=summary["tokens"], seconds=round(summary["seconds"], 2))
 
 
 def _write_concepts(store: RunStore, layer: int, tree: WardTree, ks: list[int], cfg: ClusterConfig,
@@ -178,4 +187,74 @@ def cluster_run(store: RunStore, cfg: ClusterConfig) -> dict:
         raise UserError(f"{store.where(ACTIVATIONS)}: no layers stored; run `cluster-service extract` first")
     use_ray = _ray(cfg)
     store.record_config("cluster", dataclasses.asdict(cfg))
-    return {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}
+    plan = layer_plan(cfg, len(layers)) if use_ray else None
+    if plan is None:
+        return {str(layer): cluster_layer(store, layer, cfg, use_ray=use_ray) for layer in layers}
+    return _cluster_as_tasks(store, layers, cfg, *plan)
+
+
+def layer_plan(cfg: ClusterConfig, layers: int) -> tuple[int, dict[str, float]] | None:
+    """(tasks at once, each task's Ray resources) for clustering ``layers`` layers as Ray tasks, or None
+    for one after another in this process (``ClusterConfig.layer_tasks``). Ray must be initialised."""
+    import ray
+
+    if layers < 2 or cfg.layer_tasks == 1:
+        return None
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if cfg.device not in ("cpu", "torch-cpu") else 0
+    cpus = max(1, int(resources.get("CPU", 1)))
+    if gpus:  # one GPU each; the node's CPUs shared among them (reading the store, the tree's tail)
+        return min(cfg.layer_tasks or gpus, layers), {"num_gpus": 1, "num_cpus": max(1, cpus // gpus)}
+    if not cfg.layer_tasks:
+        return None
+    n = min(cfg.layer_tasks, layers)
+    return n, {"num_cpus": max(1, cpus // n)}
+
+
+def _layer_task(store: RunStore, layer: int, cfg: ClusterConfig) -> dict:
+    """One layer in a Ray worker (its GPU, or its share of the CPUs); run.json is left to the driver."""
+    return cluster_layer(store, layer, cfg, record=False)
+
+
+def _cluster_as_tasks(store: RunStore, layers: list[int], cfg: ClusterConfig, at_once: int,
+                      resources: dict[str, float]) -> dict:
+    """Every layer as a Ray task, ``at_once`` in flight; the layers that succeed keep their results
+    when another fails, and the stage then fails naming each failed layer."""
+    import ray
+    from tqdm import tqdm
+
+    task = ray.remote(max_retries=0, **resources)(_layer_task)
+    log_event(log, "clustering layers as Ray tasks", layers=layers, at_once=at_once, **resources)
+    todo = list(layers)
+    running: dict[Any, int] = {}
+    done: dict[str, dict] = {}
+    failed: dict[int, str] = {}
+    bar = tqdm(total=len(layers), desc="cluster layers", unit="layer")
+    while todo or running:
+        while todo and len(running) < at_once:
+            layer = todo.pop(0)
+            store.set_stage(f"cluster:layer_{layer}", "running", k=sorted(cfg.k), method=cfg.method)
+            running[task.remote(store, layer, cfg)] = layer
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        layer = running.pop(ref)
+        try:
+            summary = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # the layer's own error, or its worker lost
+            cause = exc.as_instanceof_cause() if isinstance(exc, ray.exceptions.RayTaskError) else exc
+            cause = getattr(cause, "cause", None) or cause
+            text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+            failed[layer] = text if isinstance(cause, UserError) else f"{type(cause).__name__}: {text}"
+            store.set_stage(f"cluster:layer_{layer}", "failed", error=failed[layer][:500])
+            log_event(log, "layer failed", layer=layer, error=failed[layer][:200])
+        else:
+            _record_done(store, summary)
+            done[str(layer)] = summary
+            log_event(log, "layer clustered", layer=layer, tokens=summary["tokens"],
+                      seconds=round(summary["seconds"], 1))
+        bar.update()
+    bar.close()
+    if failed:
+        first = min(failed)
+        raise UserError(f"cluster: layer{'s' if len(failed) > 1 else ''} {', '.join(map(str, sorted(failed)))} "
+                        f"failed ({len(done)} of {len(layers)} clustered and kept); layer {first}: {failed[first]}")
+    return {str(layer): done[str(layer)] for layer in layers}
