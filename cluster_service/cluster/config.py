@@ -64,8 +64,8 @@ class ClusterConfig:
     """Refuse exact Ward above this many tokens; 0 = the device's: 60,000 on the CPU (fastcluster's
     N²/2 float64 matrix, 14 GB there), 1,000,000 with --device cuda (time grows as N²·D)."""
     address: str = ""
-    """Ray cluster for the assignment step: '' = this process (or the Ray already initialised in it),
-    'local' = start a local Ray, anything else = ray.init(address=...)."""
+    """Ray cluster for the assignment step and the layer tasks: '' = this process (or the Ray already
+    initialised in it), 'local' = start a local Ray, anything else = ray.init(address=...)."""
     workers: NonNegativeInt = 0
     """Ray tasks in flight at once (0: the cluster's CPU count); each holds one shard in memory."""
     layer_tasks: NonNegativeInt = 0
