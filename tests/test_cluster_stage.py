@@ -169,14 +169,17 @@ def test_stage_writes_tree_concepts_and_resumes(tmp_path):
     # rerun: nothing recomputed (files untouched), same tables
     stamps = {p.name: p.stat().st_mtime_ns for p in cdir.iterdir()}
     concept_stamp = store.local_path(store.concepts_key(3, 6)).stat().st_mtime_ns
-    cluster_run(store, cfg)
+    again = cluster_run(store, cfg)["3"]
+    assert again["reused"] and again["per_k"] == summary["per_k"] and again["micro"] == summary["micro"]
     assert {p.name: p.stat().st_mtime_ns for p in cdir.iterdir() if p.name != "state.json"} == \
         {k: v for k, v in stamps.items() if k != "state.json"}
     assert store.local_path(store.concepts_key(3, 6)).stat().st_mtime_ns == concept_stamp
+    store.remove(store.concepts_key(3, 6))  # a missing output: the layer is redone (from its kept tree)
+    assert "reused" not in cluster_run(store, cfg)["3"] and store.read_concepts(3, 6).equals(table)
 
     # a new K reuses the tree; a fresh store with the same input, settings and seed gives identical output
     more = ClusterConfig(k=[6, 20, 50], micro=300, seed=3)
-    cluster_run(store, more)
+    assert "reused" not in cluster_run(store, more)["3"]
     assert (cdir / "linkage.npy").stat().st_mtime_ns == stamps["linkage.npy"]
     other = make_store(tmp_path / "again", x)
     cluster_run(other, more)  # the same K list: parent/children link the neighbouring Ks of the run
