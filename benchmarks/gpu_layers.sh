@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The cluster stage's layer tasks on a lent GPU host (issue 15 part 2), run there from the repo root
+# The cluster stage's layer actors on a lent GPU host (issue 15 part 2), run there from the repo root
 # with .gpubundle/ (../shared/gpu/README.md, plus the packaged tokenizer in .gpubundle/tokenizer) and
 # data/ (the demo corpus) carried along:
 #   bash benchmarks/gpu_layers.sh WORDS LAYERS [KS]      e.g. 1000000 0,3,6,9 600,200,50
 # The demo corpus repeated to WORDS whitespace words (say so in the row), random bert-base in bfloat16
-# through `extract`, then `cluster --address local`: one Ray task per layer holding one GPU, as many at
-# once as the host has GPUs. Rows go to $OUT/cluster_scale.json (and the logs to $OUT). Resumable: a
+# through `extract`, then `cluster --address local`: one Ray actor per GPU taking one layer after
+# another. Rows go to $OUT/cluster_scale.json (and the logs to $OUT). Resumable: a
 # second call with the same arguments continues the layers that were not done.
 set -u
 out=${OUT:-/tmp/out}
@@ -54,12 +54,12 @@ name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"
                       text=True).stdout.splitlines()[0].strip()
 done = {k: v for k, v in stages.items() if v.get("status") == "done"}
 per_layer = [v["seconds"] for v in done.values()]
-row = {"machine": f"{gpus}x {name}", "method": "approx_ward", "stage": "cluster (layer tasks)", "n": manifest["tokens"],
+row = {"machine": f"{gpus}x {name}", "method": "approx_ward", "stage": "cluster (layer actors)", "n": manifest["tokens"],
        "d": 768, "k": manifest["config"]["cluster"]["k"], "layers": len(stages), "layers_done": len(done), "gpus": gpus,
        "seconds": cluster_s, "extract_seconds": extract_s, "layer_seconds": per_layer,
        "m": sorted({v.get("m") for v in done.values()}), "rc": rc,
        "data": f"random:bert-base (bfloat16) over the WordNet demo corpus repeated to {words} words",
-       "note": "cluster-service cluster --address local: one Ray task per layer holding one GPU; seconds: the "
+       "note": "cluster-service cluster --address local: one Ray actor per GPU, a layer at a time; seconds: the "
                "stage's wall time in this command (Ray start included)"}
 merge_rows("cluster_scale", [row], ("method", "stage", "n", "layers", "gpus"), path=out / "cluster_scale.json")
 print(json.dumps(row, indent=1))

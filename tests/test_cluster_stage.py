@@ -106,8 +106,8 @@ def two_layer_store(root) -> RunStore:
 
 
 @pytest.mark.integration
-def test_layers_as_ray_tasks_equal_one_after_another(tmp_path, ray_local):
-    """Layer tasks (two at once, the CPUs shared) write what one layer after another writes, and run.json
+def test_layers_on_ray_actors_equal_one_after_another(tmp_path, ray_local):
+    """Two layer actors (the CPUs shared) write what one layer after another writes, and run.json
     records each layer; a layer that fails makes the stage fail naming it, and the others keep theirs."""
     one, par = two_layer_store(tmp_path / "one"), two_layer_store(tmp_path / "par")
     cluster_run(one, ClusterConfig(k=[6, 3], seed=3, layer_tasks=1))

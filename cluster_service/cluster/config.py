@@ -69,10 +69,10 @@ class ClusterConfig:
     workers: NonNegativeInt = 0
     """Ray tasks in flight at once (0: the cluster's CPU count); each holds one shard in memory."""
     layer_tasks: NonNegativeInt = 0
-    """Layers clustered at once, each as a Ray task of its own (with Ray: --address, or the Ray a job
-    runs in): 0 = one layer per GPU Ray sees, each task holding one GPU (without GPUs, or with --device
-    cpu, the layers go one after another in this process); 1 = always one after another here; N > 1 = N
-    tasks, each holding a GPU when Ray has them, else the CPUs divided by N."""
+    """Layers clustered at once, on Ray actors that take one layer after another (with Ray: --address, or
+    the Ray a job runs in): 0 = one actor per GPU Ray sees, each holding one GPU (without GPUs, or with
+    --device cpu, the layers go one after another in this process); 1 = always one after another here;
+    N > 1 = N actors, each holding a GPU when Ray has them, else the CPUs divided by N."""
     device: Literal["auto", "cpu", "cuda", "torch-cpu"] = "auto"
     """Where k-means, assignment and the kNN search run: 'auto' = 'cuda' when torch sees a GPU, else
     'cpu'; 'cpu' = FAISS/NumPy on the CPU (assignment as Ray tasks with --address); 'cuda' = torch

@@ -213,7 +213,7 @@ def cluster_run(store: RunStore, cfg: ClusterConfig) -> dict:
 
 
 def layer_plan(cfg: ClusterConfig, layers: int) -> tuple[int, dict[str, float]] | None:
-    """(tasks at once, each task's Ray resources) for clustering ``layers`` layers as Ray tasks, or None
+    """(actors at once, each actor's Ray resources) for clustering ``layers`` layers on Ray actors, or None
     for one after another in this process (``ClusterConfig.layer_tasks``). Ray must be initialised."""
     import ray
 
@@ -230,48 +230,75 @@ def layer_plan(cfg: ClusterConfig, layers: int) -> tuple[int, dict[str, float]] 
     return n, {"num_cpus": max(1, cpus // n)}
 
 
-def _layer_task(store: RunStore, layer: int, cfg: ClusterConfig) -> dict:
-    """One layer in a Ray worker (its GPU, or its share of the CPUs); run.json is left to the driver."""
-    return cluster_layer(store, layer, cfg, record=False)
+class LayerWorker:
+    """A Ray actor that clusters layers one after another on its GPU (or its share of the CPUs).
+
+    An actor, not a task per layer: Ray starts a fresh worker process for every task that holds a GPU
+    (a reused one would keep the CUDA context of the GPU it first saw), so each layer paid the process
+    start, torch's import and the CUDA and kernel warm-up again, ~9.5 s of 56.5 s a layer on an H200.
+    run.json is left to the driver."""
+
+    def cluster(self, store: RunStore, layer: int, cfg: ClusterConfig) -> dict:
+        try:
+            return cluster_layer(store, layer, cfg, record=False)
+        finally:
+            import torch
+
+            if torch.cuda.is_available():  # the next layer's arrays differ in shape: give the cache back
+                torch.cuda.empty_cache()
 
 
 def _cluster_as_tasks(store: RunStore, layers: list[int], cfg: ClusterConfig, at_once: int,
                       resources: dict[str, float]) -> dict:
-    """Every layer as a Ray task, ``at_once`` in flight; the layers that succeed keep their results
-    when another fails, and the stage then fails naming each failed layer."""
+    """Every layer on one of ``at_once`` LayerWorker actors; the layers that succeed keep their results
+    when another fails (its actor lost included), and the stage then fails naming each failed layer."""
     import ray
     from tqdm import tqdm
 
-    task = ray.remote(max_retries=0, **resources)(_layer_task)
-    log_event(log, "clustering layers as Ray tasks", layers=layers, at_once=at_once, **resources)
+    workers = [ray.remote(LayerWorker).options(max_restarts=0, **resources).remote() for _ in range(at_once)]
+    log_event(log, "clustering layers on Ray actors", layers=layers, actors=at_once, **resources)
     todo = list(layers)
-    running: dict[Any, int] = {}
+    running: dict[Any, tuple[int, Any]] = {}  # ref -> (layer, actor)
+    idle = list(workers)
     done: dict[str, dict] = {}
     failed: dict[int, str] = {}
     bar = tqdm(total=len(layers), desc="cluster layers", unit="layer")
-    while todo or running:
-        while todo and len(running) < at_once:
-            layer = todo.pop(0)
-            store.set_stage(f"cluster:layer_{layer}", "running", k=sorted(cfg.k), method=cfg.method)
-            running[task.remote(store, layer, cfg)] = layer
-        (ref,), _ = ray.wait(list(running), num_returns=1)
-        layer = running.pop(ref)
-        try:
-            summary = ray.get(ref)
-        except ray.exceptions.RayError as exc:  # the layer's own error, or its worker lost
-            cause = exc.as_instanceof_cause() if isinstance(exc, ray.exceptions.RayTaskError) else exc
-            cause = getattr(cause, "cause", None) or cause
-            text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-            failed[layer] = text if isinstance(cause, UserError) else f"{type(cause).__name__}: {text}"
-            store.set_stage(f"cluster:layer_{layer}", "failed", error=failed[layer][:500])
-            log_event(log, "layer failed", layer=layer, error=failed[layer][:200])
-        else:
-            _record_done(store, summary)
-            done[str(layer)] = summary
-            log_event(log, "layer clustered", layer=layer, tokens=summary["tokens"],
-                      seconds=round(summary["seconds"], 1))
-        bar.update()
-    bar.close()
+    try:
+        while todo or running:
+            while todo and idle:
+                layer, actor = todo.pop(0), idle.pop(0)
+                store.set_stage(f"cluster:layer_{layer}", "running", k=sorted(cfg.k), method=cfg.method)
+                running[actor.cluster.remote(store, layer, cfg)] = (layer, actor)
+            if not running:  # every actor was lost: the layers left cannot run
+                for layer in todo:
+                    failed[layer] = "no Ray actor left to cluster it (every one was lost)"
+                    store.set_stage(f"cluster:layer_{layer}", "failed", error=failed[layer])
+                break
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            layer, actor = running.pop(ref)
+            try:
+                summary = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the layer's own error, or its actor lost
+                lost = isinstance(exc, ray.exceptions.RayActorError)
+                cause = exc.as_instanceof_cause() if isinstance(exc, ray.exceptions.RayTaskError) else exc
+                cause = getattr(cause, "cause", None) or cause
+                text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+                failed[layer] = text if isinstance(cause, UserError) else f"{type(cause).__name__}: {text}"
+                store.set_stage(f"cluster:layer_{layer}", "failed", error=failed[layer][:500])
+                log_event(log, "layer failed", layer=layer, error=failed[layer][:200])
+                if not lost:
+                    idle.append(actor)
+            else:
+                _record_done(store, summary)
+                done[str(layer)] = summary
+                idle.append(actor)
+                log_event(log, "layer clustered", layer=layer, tokens=summary["tokens"],
+                          seconds=round(summary["seconds"], 1))
+            bar.update()
+    finally:
+        bar.close()
+        for actor in workers:
+            ray.kill(actor)
     if failed:
         first = min(failed)
         raise UserError(f"cluster: layer{'s' if len(failed) > 1 else ''} {', '.join(map(str, sorted(failed)))} "
